@@ -1,3 +1,3 @@
 """Layer blocks. Importing this package registers every block in ``detector.registry.BLOCKS``."""
 
-from detector.nn import conv, gelan, heads  # noqa: F401
+from detector.nn import conv, damo_backbone, gelan, heads, repconv, repgfpn, zerohead  # noqa: F401
