@@ -1,3 +1,8 @@
 """Layer blocks. Importing this package registers every block in ``detector.registry.BLOCKS``."""
 
-from detector.nn import conv, gelan, heads  # noqa: F401
+from detector.nn import (  # noqa: F401
+    conv,
+    gelan,
+    heads,
+    leyolo,  # noqa: F401
+)
