@@ -1,3 +1,3 @@
 """Layer blocks. Importing this package registers every block in ``detector.registry.BLOCKS``."""
 
-from detector.nn import conv, gelan, heads  # noqa: F401
+from detector.nn import classify, conv, gelan, heads, lsnet, osa  # noqa: F401
