@@ -212,7 +212,7 @@ class LSBlock(nn.Module):
         self, c: int, index: int, attention: bool = False, key_dim: int = 16, heads: int = 4, resolution: int = 7
     ) -> None:
         super().__init__()
-        self.attention = index % 2 == 1 and attention
+        self.mixer_residual = index % 2 == 1 and attention  # LSConv and RepVGG-DW hold their own identity
         if index % 2 == 0:
             self.mixer: nn.Module = nn.Sequential(RepVGGDW(c), SqueezeExcite(c))
         elif attention:
@@ -222,7 +222,7 @@ class LSBlock(nn.Module):
         self.ffn = FFN(c, 2 * c)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.mixer(x) if self.attention else self.mixer(x)
+        x = x + self.mixer(x) if self.mixer_residual else self.mixer(x)
         return x + self.ffn(x)
 
 

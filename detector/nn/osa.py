@@ -25,6 +25,17 @@ def conv_bn_relu(c1: int, c2: int, k: int = 1, s: int = 1) -> Conv:
     return Conv(c1, c2, k, s, act="relu", eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+def _conv3x3(c1: int, c2: int, k: int, s: int) -> Conv:
+    return conv_bn_relu(c1, c2, k, s)
+
+
+def init_kaiming(module: nn.Module) -> None:
+    """He-normal init of every conv weight (fan-in), the authors' choice for VoVNet."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+
+
 class SeparableConv(nn.Module):
     """Depthwise ``k x k`` conv (stride ``s``, no BN) -> pointwise conv -> BN -> ReLU.
 
@@ -163,14 +174,3 @@ class VoVStem(Block):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv3(self.conv2(self.conv1(x)))
-
-
-def _conv3x3(c1: int, c2: int, k: int, s: int) -> Conv:
-    return conv_bn_relu(c1, c2, k, s)
-
-
-def init_kaiming(module: nn.Module) -> None:
-    """He-normal init of every conv weight (fan-in), the authors' choice for VoVNet."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
