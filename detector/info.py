@@ -22,20 +22,22 @@ def count_flops(model: nn.Module, imgsz: int | tuple[int, int] = 640, train_form
     """FLOPs (2 x multiply-adds) of one forward at ``imgsz``, counted by PyTorch's own FLOP counter.
 
     ``train_form=True`` counts the training graph (auxiliary branches included) on a copy in train mode, so
-    the caller's BatchNorm statistics are untouched.
+    the caller's BatchNorm statistics are untouched. It runs a batch of 2 and halves the count, because a
+    batch of 1 cannot pass a training-mode BatchNorm over pooled (B, C) features (e.g. LSNet's classifier).
     """
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     m = copy.deepcopy(model).train() if train_form else model
     was_training = m.training
     if not train_form:
         m.eval()
-    x = torch.zeros(1, 3, h, w, device=next(m.parameters()).device)
+    batch = 2 if train_form else 1
+    x = torch.zeros(batch, 3, h, w, device=next(m.parameters()).device)
     counter = FlopCounterMode(display=False)
     with counter:
         m(x)
     if not train_form and was_training:
         m.train()
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) / batch
 
 
 @torch.no_grad()
