@@ -41,8 +41,9 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(p) as im:
             w, h = im.size
+            fmt = im.format
             orientation = _orientation(im)
-            _check_complete(im, p)
+        _check_complete(p, fmt)
     except UnidentifiedImageError:
         raise ImageReadError("not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -90,16 +91,15 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _check_complete(im: Image.Image, p: Path) -> None:
+def _check_complete(p: Path, fmt: str | None) -> None:
     """Cheap integrity checks by format; a full decode only where no cheaper check exists."""
-    if im.format == "JPEG":
+    if fmt == "JPEG":
         with open(p, "rb") as f:
             f.seek(-2, 2)
             if f.read() == b"\xff\xd9":
                 return
-        im.load()  # no end-of-image marker at the very end: decode fully, which raises if the data stops early
-        return
-    if im.format == "PNG":
-        im.verify()  # walks every chunk and checks its CRC
-        return
-    im.load()
+    with Image.open(p) as im:
+        if fmt == "PNG":
+            im.verify()  # walks every chunk and checks its CRC
+        else:
+            im.load()  # JPEG without end marker at the very end, or another format: decode fully

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+from detector.data import validate
 from detector.data.cache import cache_files, fingerprint, load_labels_cache, save_labels_cache
 from detector.data.formats import get_format, thread_map
+from detector.data.image_io import MIN_SIDE
 from detector.data.labels import LabelSet
 from detector.data.spec import DatasetSpec, resolve_dataset
 from detector.data.validate import validate_record
@@ -24,7 +27,8 @@ def load_split(data: str | Path | dict | DatasetSpec, split: str, *, cache: bool
     spec = resolve_dataset(data)
     fmt = get_format(spec.format)
     sources = fmt.sources(spec, split)
-    digest = fingerprint(sources, extra=[spec.format, spec.names, spec.entry(split)])
+    rules = [validate.CLIP_TOLERANCE, validate.MIN_SIZE, validate.DUPLICATE_IOU, MIN_SIDE]
+    digest = fingerprint(sources, extra=[spec.format, spec.names, spec.entry(split), rules])
     files = cache_files(spec.root, f"{spec.format}-{split}-{_entry_tag(spec.entry(split))}")
     if cache and (hit := load_labels_cache(files, digest)) is not None:
         return hit
@@ -48,6 +52,4 @@ def load_split(data: str | Path | dict | DatasetSpec, split: str, *, cache: bool
 
 
 def _entry_tag(entry: object) -> str:
-    import hashlib
-
     return hashlib.sha1(repr(entry).encode()).hexdigest()[:8]

@@ -92,27 +92,31 @@ def clean_boxes(
         keep_w.append(label)
     b = np.array(keep_b, dtype=np.float32).reshape(-1, 4)
     c = np.array(keep_c, dtype=np.int64)
-    first = duplicate_of(b, c)
+    first, iou = duplicate_of(b, c)
     for i in np.flatnonzero(first >= 0):
-        messages.append(
-            f"{keep_w[i]} duplicates {keep_w[first[i]].split(':')[0]} (same class, IoU >= {DUPLICATE_IOU}); dropped"
-        )
+        other = keep_w[first[i]].split(":")[0]
+        messages.append(f"{keep_w[i]} duplicates {other} (same class, IoU {iou[i]:.2f}); dropped")
     return b[first < 0], c[first < 0], messages
 
 
-def duplicate_of(boxes: np.ndarray, cls: np.ndarray, iou_thr: float = DUPLICATE_IOU) -> np.ndarray:
-    """(N,) int64: for each box, the index of an earlier kept box of its class with IoU >= ``iou_thr``, else -1."""
+def duplicate_of(boxes: np.ndarray, cls: np.ndarray, iou_thr: float = DUPLICATE_IOU) -> tuple[np.ndarray, np.ndarray]:
+    """For each box, the index of an earlier kept box of its class with IoU >= ``iou_thr`` (else -1), and that IoU.
+
+    Returns ``(first (ndarray[N] int64), iou (ndarray[N] float32))``.
+    """
     n = len(boxes)
     first = np.full(n, -1, dtype=np.int64)
+    best = np.zeros(n, dtype=np.float32)
     if n < 2:
-        return first
+        return first, best
     iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
     same = (cls[:, None] == cls[None, :]) & (iou >= iou_thr)
     for i in range(1, n):  # a box dropped as a duplicate cannot make a later one a duplicate
         js = np.flatnonzero(same[i, :i] & (first[:i] < 0))
         if len(js):
             first[i] = js[0]
-    return first
+            best[i] = iou[i, js[0]]
+    return first, best
 
 
 def _name(names: list[str], c: int) -> str:
