@@ -79,6 +79,11 @@ def test_close_mosaic_reaches_persistent_workers(tmp_path):
     counts1 = np.bincount(batches(loader)[0]["batch_idx"].numpy(), minlength=4)
     assert counts0.max() > 4  # mosaic: boxes from several images
     assert (counts1 == 4).all()  # one image (4 boxes) per sample
+    ds.set_epoch(0, total_epochs=10)
+    assert ds.mosaic_enabled
+    ds.close_mosaic()
+    ds.set_epoch(1, total_epochs=10)
+    assert not ds.mosaic_enabled  # closed for good
 
 
 def test_rect_validation_batches_and_ratio_pad(tmp_path):

@@ -77,6 +77,7 @@ class DetectionDataset(Dataset):
         self._state = torch.tensor([0, int(augment is not None and augment.mosaic > 0)], dtype=torch.int64)
         self._state.share_memory_()
         self.total_epochs: int | None = None
+        self._mosaic_closed = False
         self.sampler = None  # set by build_dataloader; set_epoch forwards to it
         self._failed: set[int] = set()  # per process: images known not to decode
         self._new_problems: list[Problem] = []
@@ -110,13 +111,14 @@ class DetectionDataset(Dataset):
         self._apply_epoch(epoch)
 
     def close_mosaic(self) -> None:
-        """Turn mosaic and mixup off from now on."""
+        """Turn mosaic and mixup off for good (later ``set_epoch`` calls do not turn them back on)."""
+        self._mosaic_closed = True
         self._state[1] = 0
 
     def _apply_epoch(self, epoch: int) -> None:
         self._state[0] = epoch
         a = self.augment
-        if a is not None and a.mosaic > 0 and self.total_epochs is not None:
+        if a is not None and a.mosaic > 0 and self.total_epochs is not None and not self._mosaic_closed:
             self._state[1] = int(epoch < self.total_epochs - a.close_mosaic)
 
     # --- samples ------------------------------------------------------------------------------------------
