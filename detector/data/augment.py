@@ -160,12 +160,12 @@ def hsv_jitter(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: n
     if not (hgain or sgain or vgain):
         return
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
     x = np.arange(256, dtype=np.float32)
-    lut_h = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV's 8-bit hue runs 0..179
-    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    lut = np.empty((256, 1, 3), dtype=np.uint8)  # one table per channel, applied in a single pass
+    lut[:, 0, 0] = (x * r[0]) % 180  # OpenCV's 8-bit hue runs 0..179
+    lut[:, 0, 1] = np.clip(x * r[1], 0, 255)
+    lut[:, 0, 2] = np.clip(x * r[2], 0, 255)
+    hsv = cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut)
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
 
 

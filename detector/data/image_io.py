@@ -65,7 +65,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"cannot read file ({e.strerror or e})") from None
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is not None:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
     try:
         with Image.open(path) as im:
             im.load()
