@@ -103,6 +103,16 @@ def test_pgi_twin_has_gelan_as_its_main_branch(size: str):
     assert pgi.strides == gelan.strides == [8.0, 16.0, 32.0]
 
 
+# Fused counts printed by the authors' own code for their converted models (WongKinYiu/yolov9 issue #505),
+# which include DFL's 16 fixed bin weights (a buffer here): exact equality pins every width, e.g. gelan-m's 184.
+AUTHORS_FUSED_EXACT = {"gelan-t": 2_407_632, "gelan-s": 7_105_888, "gelan-m": 19_978_672}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_FUSED_EXACT))
+def test_fused_params_equal_the_authors_exact_counts(name: str):
+    assert summary(name)["deploy_params"] + 16 == AUTHORS_FUSED_EXACT[name]
+
+
 def test_gelan_c_per_layer_spot_checks():
     m = built("gelan-c")
     assert count_params(m.layers[0]) == 1_856  # first Conv
