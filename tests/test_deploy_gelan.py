@@ -19,6 +19,16 @@ SIZE = 128
 DEPLOY_PARAMS = {"t": 2.41e6, "s": 7.11e6, "m": 19.98e6, "c": 25.29e6, "e": 57.35e6}  # MODELS.md, fused
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small CPU forwards gain nothing from intra-op threads, and on a shared machine OpenMP's spin-waiting
+    makes them many times slower; run this module single-threaded and restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
     """Give every BatchNorm running statistics and affine parameters far from their (0, 1) defaults."""
     g = torch.Generator().manual_seed(seed)
