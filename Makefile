@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
@@ -27,7 +26,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n 2 --timeout 600
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --timeout 900 --durations=20
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

@@ -17,51 +17,72 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+THOP_NORM_FLOPS = 8.0
+"""FLOPs per BatchNorm output element in the thop convention papers use for unfused models."""
+
+
+def shape_only_copy(model: nn.Module) -> nn.Module:
+    """A deep copy on the ``meta`` device: runs a forward (or ``fuse()``) for shapes and op counts only.
+
+    Parameters and buffers are swapped for meta tensors while copying, so no weight data is duplicated.
+    """
+    memo: dict[int, torch.Tensor] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 @torch.no_grad()
-def count_flops(model: nn.Module, imgsz: int | tuple[int, int] = 640, train_form: bool = False) -> float:
+def count_flops(
+    model: nn.Module,
+    imgsz: int | tuple[int, int] = 640,
+    train_form: bool = False,
+    device: str | None = "meta",
+    norm_flops: float = 0.0,
+) -> float:
     """FLOPs (2 x multiply-adds) of one forward at ``imgsz``, counted by PyTorch's own FLOP counter.
 
-    ``train_form=True`` counts the training graph (auxiliary branches included) on a copy in train mode, so
-    the caller's BatchNorm statistics are untouched. It runs a batch of 2 and halves the count, because a
-    batch of 1 cannot pass a training-mode BatchNorm over pooled (B, C) features (e.g. LSNet's classifier).
+    Counted on a copy (the caller's model and BatchNorm statistics are untouched). ``device="meta"`` (default)
+    runs that copy on the meta device, where ops only propagate shapes, so yolov9-e at 640 counts in well under
+    a second and gives the same count as a real run; ``device=None`` runs a real copy on the model's device.
+    ``train_form=True`` counts the training graph (auxiliary branches included) in train mode, on a batch of 2
+    halved, because a batch of 1 cannot pass a training-mode BatchNorm over pooled (B, C) features.
+
+    PyTorch's counter sees convolutions and matmuls only. ``norm_flops`` adds that many FLOPs per BatchNorm output
+    element: 8 reproduces thop as used by Ultralytics-style code (an affine BN = 4 multiply-adds per element,
+    doubled into FLOPs), which is how papers count their unfused training-form models.
     """
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    m = copy.deepcopy(model).train() if train_form else model
-    was_training = m.training
-    if not train_form:
-        m.eval()
+    if device == "meta":
+        m = shape_only_copy(model)
+    else:
+        m = copy.deepcopy(model).to(device or next(model.parameters()).device)
+    m.train(train_form)
     batch = 2 if train_form else 1
+    elements = 0
+
+    def count_norm(_m, _inp, out) -> None:
+        nonlocal elements
+        elements += out.numel()
+
+    if norm_flops:
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.register_forward_hook(count_norm)
     x = torch.zeros(batch, 3, h, w, device=next(m.parameters()).device)
     counter = FlopCounterMode(display=False)
     with counter:
         m(x)
-    if not train_form and was_training:
-        m.train()
-    return float(counter.get_total_flops()) / batch
+    return (float(counter.get_total_flops()) + norm_flops * elements) / batch
 
 
-@torch.no_grad()
-def count_flops_with_norm(model: nn.Module, imgsz: int | tuple[int, int] = 640, per_element: float = 8.0) -> float:
-    """``count_flops`` plus ``per_element`` FLOPs for every BatchNorm output element of one eval forward.
-
-    ``count_flops`` counts convolutions and matmuls only, which is the cost of the BN-folded deploy form. Some
-    papers (LeYOLO) report the unfused model as counted by thop through Ultralytics: thop charges an affine
-    BatchNorm 4 multiply-adds per output element and Ultralytics doubles multiply-adds into FLOPs, so 8 FLOPs per
-    element. This reproduces that convention so such published figures can be compared.
-    """
-    elements = 0
-
-    def hook(_m, _inp, out) -> None:
-        nonlocal elements
-        elements += out.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    try:
-        flops = count_flops(model, imgsz)
-    finally:
-        for h in handles:
-            h.remove()
-    return flops + per_element * elements
+def count_flops_with_norm(
+    model: nn.Module, imgsz: int | tuple[int, int] = 640, per_element: float = THOP_NORM_FLOPS
+) -> float:
+    """Eval-graph FLOPs with BatchNorm counted the thop way (see ``count_flops``), as LeYOLO's paper counts."""
+    return count_flops(model, imgsz, norm_flops=per_element)
 
 
 @dataclass
@@ -79,7 +100,13 @@ class LayerRow:
 
 @torch.no_grad()
 def layer_table(model: DetectionModel, imgsz: int = 640) -> list[LayerRow]:
-    """Per-layer rows with output shapes from one eval forward at ``imgsz`` (aux layers run in train form)."""
+    """Per-layer rows with output shapes from one eval forward at ``imgsz`` on a meta-device copy.
+
+    Auxiliary layers are run too. A head's row shows its raw per-level maps and, after ``->``, the decoded
+    ``(4 + nc, A)`` output; heads run through ``forward_raw`` rather than ``__call__``, so their shapes are read
+    from the model's outputs instead of a forward hook.
+    """
+    m: DetectionModel = shape_only_copy(model).eval()  # type: ignore[assignment]
     shapes: dict[int, str] = {}
 
     def hook(i: int):
@@ -88,18 +115,14 @@ def layer_table(model: DetectionModel, imgsz: int = 640) -> list[LayerRow]:
 
         return fn
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
-    m_training = model.training
-    model.eval()
-    try:
-        x = torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
-        model._active_eval, saved = model._active_train, model._active_eval  # show aux shapes too
-        model(x)
-    finally:
-        model._active_eval = saved
-        for h in handles:
-            h.remove()
-        model.train(m_training)
+    for i, layer in enumerate(m.layers):
+        layer.register_forward_hook(hook(i))
+    m._active_eval = m._active_train  # show aux shapes too (the copy is thrown away)
+    x = torch.zeros(1, 3, imgsz, imgsz, device="meta")
+    outputs = m(x, decode=False)
+    for i, tag in m.head_tags.items():
+        maps = outputs[tag]
+        shapes[i] = f"{_shape_str(maps)} -> {_shape_str(m.layers[i].decode(maps))}"
     rows = []
     for spec, layer in zip(model.specs, model.layers):
         src = ",".join("input" if s is None else str(s) for s in spec.sources)
@@ -126,13 +149,17 @@ def _shape_str(out) -> str:
 
 
 def model_summary(model: DetectionModel, imgsz: int = 640) -> dict:
-    """Params and GFLOPs of the train form and the deploy form (the deploy form is built on a copy)."""
-    deploy = copy.deepcopy(model).to_deploy()
+    """Params and GFLOPs of the train form and the deploy form (built on a meta-device copy).
+
+    Train-form GFLOPs count BatchNorm the thop way (as the papers do for unfused models); the deploy form has no
+    BatchNorm left, so both conventions agree there.
+    """
+    deploy = shape_only_copy(model).to_deploy()
     return {
         "name": model.yaml.get("name", ""),
         "imgsz": imgsz,
         "params": count_params(model),
-        "gflops": round(count_flops(model, imgsz, train_form=True) / 1e9, 3),
+        "gflops": round(count_flops(model, imgsz, train_form=True, norm_flops=THOP_NORM_FLOPS) / 1e9, 3),
         "deploy_params": count_params(deploy),
         "deploy_gflops": round(count_flops(deploy, imgsz) / 1e9, 3),
         "nc": model.nc,
@@ -175,9 +202,11 @@ def cli_info(argv: list[str]) -> int:
         print(json.dumps(summary))
         return 0
     rows = layer_table(model, imgsz)
-    print(f"{'#':>3} {'section':<9} {'block':<16} {'from':<10} {'tag':<6} {'params':>11}  output")
+    wf = max([4] + [len(r.sources) for r in rows])
+    wb = max([5] + [len(r.block) for r in rows])
+    print(f"{'#':>3} {'section':<9} {'block':<{wb}} {'from':<{wf}} {'tag':<6} {'params':>11}  output")
     for r in rows:
-        print(f"{r.index:>3} {r.section:<9} {r.block:<16} {r.sources:<10} {r.tag:<6} {r.params:>11,}  {r.shape}")
+        print(f"{r.index:>3} {r.section:<9} {r.block:<{wb}} {r.sources:<{wf}} {r.tag:<6} {r.params:>11,}  {r.shape}")
     print(
         f"\n{summary['name']} @ {imgsz}: train form {summary['params'] / 1e6:.3f}M params, "
         f"{summary['gflops']:.1f} GFLOPs | deploy form {summary['deploy_params'] / 1e6:.3f}M params, "

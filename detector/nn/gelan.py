@@ -203,10 +203,18 @@ class CBFuse(Block):
 
     def __init__(self, c1: list, idx: list[int]) -> None:
         super().__init__()
+        if not isinstance(c1, list) or len(c1) < 2:
+            raise ValueError("CBFuse needs `from: [CBLinear..., feature map]` (at least two inputs)")
         self.idx = [int(i) for i in idx]
         if len(self.idx) != len(c1) - 1:
             raise ValueError(f"CBFuse got {len(c1)} inputs but {len(self.idx)} split indices")
+        if not isinstance(c1[-1], int):
+            raise ValueError("CBFuse: the last input must be a feature map, not a CBLinear output")
         for i, (widths, j) in enumerate(zip(c1[:-1], self.idx)):
+            if not isinstance(widths, tuple):
+                raise ValueError(f"CBFuse input {i} is not a CBLinear output (every input but the last must be)")
+            if not 0 <= j < len(widths):
+                raise ValueError(f"CBFuse input {i} has {len(widths)} splits, split index {j} is out of range")
             if widths[j] != c1[-1]:
                 raise ValueError(f"CBFuse input {i} split {j} has {widths[j]} channels, expected {c1[-1]}")
         self.c2 = c1[-1]
