@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 import detector.nn  # noqa: F401  (registers every block)
+from detector.components import BACKBONE_TAGS, NECK_TAGS, describe_kind, kind_of_layers, read_component
 from detector.config import ConfigError, read_yaml
 from detector.nn.block import Block, Head
 from detector.registry import BLOCKS
@@ -61,13 +62,14 @@ def load_model_dict(model: str | Path | dict, nc: int | None = None) -> dict:
         raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(unknown)}; expected nc, {', '.join(SECTIONS)}")
     for sec in SECTIONS:
         if isinstance(cfg.get(sec), str):
-            comp = find_yaml(cfg[sec], what="component")
-            layers = read_yaml(comp)
-            if isinstance(layers, dict):
-                layers = layers.get(sec, layers.get("layers"))
-            if not isinstance(layers, list):
-                raise ConfigError(f"{comp}: a component file must hold a list of layers (or a `{sec}:` list)")
-            cfg[sec] = layers
+            comp, layers = read_component(cfg[sec])
+            kind = kind_of_layers(layers)
+            if sec != "auxiliary" and kind is not None and kind != sec:
+                raise ConfigError(
+                    f"{origin}: `{sec}: {cfg[sec]}` names a {kind} component "
+                    f"({describe_kind(kind)}: {comp}); the {sec} section needs a {sec} component"
+                )
+            cfg[sec] = copy.deepcopy(layers)
     if nc is not None:
         cfg["nc"] = int(nc)
     cfg.setdefault("nc", 80)
@@ -116,6 +118,10 @@ def _resolve_source(src: Any, here: int, tags: dict[str, int], where: str) -> in
 
             close = difflib.get_close_matches(src, tags, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known tags: {sorted(tags)}"
+            for part, contract in (("backbone", BACKBONE_TAGS), ("neck", NECK_TAGS)):
+                if src in contract:  # a part that breaks the mixing contract: say which part and what it lacks
+                    have = [t for t in contract if t in tags]
+                    hint = f"; the {part} must tag {', '.join(contract)} (strides 8/16/32) but tags only {have}"
             raise ConfigError(f"{where}: `from: {src}` names no earlier tag{hint}")
         return tags[src]
     raise ConfigError(f"{where}: bad `from` entry {src!r}")

@@ -28,7 +28,10 @@ class Classify(Head):
         super().__init__(nc, strides, loss_weight)
         widths = c1 if isinstance(c1, list) else [c1]
         if len(widths) != 1:
-            raise ValueError(f"Classify takes one input (the last feature map), got {len(widths)}")
+            raise ValueError(
+                f"Classify is an image-classification head and takes one input (the last feature map), got "
+                f"{len(widths)}; multi-level features such as a neck's P3/P4/P5 need a detection head"
+            )
         c = widths[0]
         self.norm: nn.Module = nn.BatchNorm1d(c) if bn else nn.Identity()
         self.linear = nn.Linear(c, nc)
