@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from detector.config import ConfigError, build, read_yaml
-from detector.info import count_flops, count_flops_with_norm, count_params
+from detector.info import THOP_NORM_FLOPS, count_flops, count_params
 from detector.model import DetectionModel, build_model
 from detector.zoo import find_yaml
 
@@ -97,13 +97,15 @@ def flops_at(count: Callable[[nn.Module, int], float], model: nn.Module, imgsz: 
 def measure(model: DetectionModel, imgsz: int, convention: str = "conv") -> Measured:
     """Params and GFLOPs of ``model`` as built (train form) and of its deploy form (made on a copy).
 
-    ``convention="conv+bn"`` counts the train form's eval graph with BatchNorm charged as thop does (that figure
-    describes an unfused model, so it is meaningless for a train form with auxiliary heads; none has one).
+    ``convention="conv+bn"`` counts the train form (auxiliary heads included) with BatchNorm charged as thop does,
+    the figure ``detector info`` reports as ``gflops``.
     """
     max_stride = int(max(model.strides))
     deploy = copy.deepcopy(model).to_deploy()
     if convention == "conv+bn":
-        train_count: Callable[[nn.Module, int], float] = count_flops_with_norm
+        train_count: Callable[[nn.Module, int], float] = lambda m, s: count_flops(  # noqa: E731
+            m, s, train_form=True, norm_flops=THOP_NORM_FLOPS
+        )
     else:
         train_count = lambda m, s: count_flops(m, s, train_form=True)  # noqa: E731
     with torch.no_grad():
