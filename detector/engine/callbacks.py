@@ -1,4 +1,4 @@
-"""Trainer hooks: progress, EMA, evaluation, checkpoints, early stopping, close-mosaic, results logging.
+"""Trainer hooks: progress bar, EMA, evaluation, checkpoints, early stopping, results logging.
 
 A callback overrides any of the seven events; each receives the ``Trainer``. Events, in order:
 ``before_train``, then per epoch ``before_epoch``, per batch ``before_step`` / ``after_backward`` /
@@ -51,15 +51,6 @@ class EMAHook(Callback):
     def after_step(self, trainer: Trainer) -> None:
         if trainer.optimizer_stepped:
             trainer.ema.update(trainer.model)
-
-
-class CloseMosaic(Callback):
-    """Switches mosaic off for the last ``close_mosaic`` epochs (on every rank, also after a resume)."""
-
-    def before_epoch(self, trainer: Trainer) -> None:
-        n = trainer.cfg.close_mosaic
-        if n > 0 and trainer.epoch >= trainer.cfg.epochs - n and not trainer.mosaic_closed:
-            trainer.close_mosaic()
 
 
 class ProgressBar(Callback):
@@ -130,7 +121,7 @@ class Evaluator(Callback):
         if not final and (trainer.epoch + 1) % max(trainer.cfg.val.period, 1):
             trainer.metrics = {}
             return
-        result = self.validator(trainer.ema.ema, epoch=trainer.epoch)
+        result = self.validator(trainer.ema.ema)
         trainer.metrics = result.summary()
         trainer.fitness = result.fitness
         if trainer.best_fitness is None or result.fitness > trainer.best_fitness:

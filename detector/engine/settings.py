@@ -64,14 +64,13 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
     patience: int = 50  # stop after this many epochs without a better fitness (0 = never)
-    cache: bool | str = False  # cache decoded images: False, True/"ram", "disk"
+    cache: bool | str = False  # keep decoded resized images: False, True / "ram", "disk"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
-    close_mosaic: int = 15  # switch mosaic off for the last N epochs
     sync_bn: bool = False  # SyncBatchNorm under DDP
     save_period: int = 0  # also keep weights/epochN.pt every N epochs (0 = off)
     plots: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # includes close_mosaic (last N epochs)
     # loss settings handed to every head's loss builder, which validates them (tal: box, cls, dfl, topk, ...)
     loss: dict[str, Any] = field(default_factory=dict)
     val: ValConfig = field(default_factory=ValConfig)

@@ -1,8 +1,8 @@
 """The training engine: ``Trainer(cfg).train()`` and ``detector train [RECIPE.yaml] key=value ...``.
 
-The trainer owns the optimisation (forward, loss over every head, backward, accumulation, clipping, AMP,
-lr schedule); everything else (progress, EMA, evaluation, checkpoints, early stopping, close-mosaic, results)
-is a ``Callback``. Under ``torchrun`` the same code runs DDP; rank 0 logs, validates and checkpoints.
+The trainer owns the loop and the optimisation (epochs of the data, forward, loss over every head, backward,
+accumulation, clipping, AMP, lr schedule); everything else (progress, EMA, evaluation, checkpoints, early
+stopping, results) is a ``Callback``. Under ``torchrun`` the same code runs DDP; rank 0 logs, validates and checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import detector.losses  # noqa: F401  (registers every loss in LOSSES)
 from detector import __version__
 from detector.checkpoint import load_checkpoint
 from detector.config import ConfigError, build, load, parse_overrides, save_yaml, to_dict
@@ -57,7 +58,6 @@ class Trainer:
         self.is_best = False
         self.stop = False
         self.finish_reason = ""
-        self.mosaic_closed = False
         self.start_epoch = 0
         self.epoch = 0
         self.iteration = 0
@@ -106,10 +106,11 @@ class Trainer:
         from detector.data import build_dataloader
 
         cfg, d = self.cfg, self.dist
+        cache = {False: None, True: "ram"}.get(cfg.cache, cfg.cache)  # type: ignore[call-overload]
         self.train_loader, self.train_set = build_dataloader(
             cfg.data, "train", imgsz=cfg.imgsz, batch=cfg.batch // d.world_size, augment=cfg.augment,
-            workers=cfg.workers, shuffle=True, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
-            cache=cfg.cache, rect=False,
+            workers=cfg.workers, shuffle=True, seed=cfg.seed, rank=d.rank if d.enabled else -1,
+            world_size=d.world_size, cache=cache, rect=False,
         )  # fmt: skip
         self.names = class_names(self.train_set.names)
         self.batches_per_epoch = len(self.train_loader)
@@ -121,7 +122,7 @@ class Trainer:
         if d.is_main:
             self.val_loader, self.val_set = build_dataloader(
                 cfg.data, cfg.val.split, imgsz=cfg.imgsz, batch=cfg.val.batch or cfg.batch * 2, augment=None,
-                workers=cfg.workers, shuffle=False, seed=cfg.seed, rank=0, world_size=1, cache=cfg.cache, rect=True,
+                workers=cfg.workers, shuffle=False, seed=cfg.seed, rank=-1, world_size=1, cache=cache, rect=True,
             )  # fmt: skip
             report_problems(self.val_set, cfg.val.split, self.run_dir)
 
@@ -188,7 +189,7 @@ class Trainer:
 
     def default_callbacks(self) -> list[cb.Callback]:
         if not self.dist.is_main:
-            return [cb.CloseMosaic()]
+            return []
         from detector.engine.validator import Validator
 
         validator = Validator(
@@ -196,7 +197,6 @@ class Trainer:
             loss=self.losses[self.main_tag], amp_dtype=self.amp_dtype,
         )  # fmt: skip
         return [
-            cb.CloseMosaic(),
             cb.ProgressBar(),
             cb.EMAHook(),
             cb.Evaluator(validator),
@@ -239,9 +239,11 @@ class Trainer:
 
     def train_one_epoch(self) -> None:
         self.model.train()
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
+        # sampler order, augmentation draws and close-mosaic all follow the epoch (same on every rank)
+        mosaic_before = self.train_set.mosaic_enabled
+        self.train_set.set_epoch(self.epoch, self.cfg.epochs)
+        if mosaic_before and not self.train_set.mosaic_enabled and self.dist.is_main:
+            LOGGER.info(f"mosaic off for the last {self.cfg.epochs - self.epoch} epochs")
         self.emit("before_epoch")
         self.loss_sum = torch.zeros(len(self.all_loss_names), device=self.device)
         self.loss_count = 0
@@ -338,13 +340,6 @@ class Trainer:
                 f"lower optim.lr0 (now {self.opt.lr0:g}) or check the labels"
             )
 
-    def close_mosaic(self) -> None:
-        """Turn mosaic off in the training data from now on."""
-        self.train_set.close_mosaic()
-        self.mosaic_closed = True
-        if self.dist.is_main:
-            LOGGER.info(f"closing mosaic for the last {self.cfg.epochs - self.epoch} epochs")
-
     def checkpoint(self) -> dict:
         """The resumable state of this epoch as a weights-only-loadable dict (see ``detector.checkpoint``)."""
         model = unwrap(self.model)
@@ -417,7 +412,7 @@ def report_problems(dataset, split: str, run_dir: Path) -> None:
     problems = list(getattr(dataset, "problems", None) or [])
     if not problems:
         return
-    lines = [str(p) for p in problems]
+    lines = [f"{p['file']}: {p['problem']}" if isinstance(p, dict) else str(p) for p in problems]
     LOGGER.warning(f"{split}: {len(lines)} file(s) skipped or repaired, training on the rest:")
     for line in lines[:20]:
         LOGGER.warning(f"  {line}")
@@ -520,6 +515,11 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
                 f"command line: resume continues a run with its saved config; cannot also set {extra} "
                 "(to change them start a new run with model=PATH/TO/last.pt)"
             )
+        # start from the run's saved config so unset keys (workers, device) keep their saved values
+        project = overrides.get("project", TrainConfig.project)
+        path = latest_checkpoint(project) if overrides["resume"] is True else Path(str(overrides["resume"]))
+        saved = load_checkpoint(path).get("config") or {}
+        overrides = {**saved, **overrides, "resume": str(path)}
     return load(TrainConfig, files, overrides)
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detector.engine.confusion import ConfusionMatrix
-from detector.engine.settings import ValConfig
+from detector.engine.postprocess import non_max_suppression, scale_boxes
+from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
+from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
 
 LOGGER = logging.getLogger("detector")
 TABLE_COLUMNS = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -38,10 +39,18 @@ class ValResult:
     instances: int = 0
     speed_ms: dict[str, float] = field(default_factory=dict)
 
+    curves: DetectionMetrics | None = None  # the full metrics (PR curves), for plots
+
+    @classmethod
+    def from_metrics(cls, m: DetectionMetrics, names: list[str], images: int) -> ValResult:
+        stats = {k: float(v) for k, v in m.stats.items()}
+        return cls(stats=stats, precision=m.mean_precision, recall=m.mean_recall, per_class=m.table(names),
+                   images=images, instances=int(m.instances.sum()), curves=m)  # fmt: skip
+
     @property
     def fitness(self) -> float:
-        """What "best" means for checkpoints and early stopping: 0.1 mAP50 + 0.9 mAP50-95."""
-        return 0.1 * self.stats["mAP50"] + 0.9 * self.stats["mAP50-95"]
+        """What "best" means for checkpoints and early stopping: 0.1 mAP50 + 0.9 mAP50-95 (0 without ground truth)."""
+        return 0.1 * max(self.stats["mAP50"], 0.0) + 0.9 * max(self.stats["mAP50-95"], 0.0)
 
     def summary(self) -> dict[str, float]:
         """The per-epoch numbers of ``results.csv``: val losses, P, R, mAP50, mAP50-95."""
@@ -50,15 +59,14 @@ class ValResult:
         out["mAP50-95"] = self.stats["mAP50-95"]
         return out
 
-    def table(self, names_only_all: bool = False) -> str:
-        """The val table: an ``all`` row, then one row per class."""
+    def table(self) -> str:
+        """The val table: an ``all`` row, then one row per class that has ground truth."""
         head = ("%22s" + "%11s" * 6) % TABLE_COLUMNS
         row = "%22s" + "%11i" * 2 + "%11.3g" * 4
         lines = [head, row % ("all", self.images, self.instances, self.precision, self.recall,
                               self.stats["mAP50"], self.stats["mAP50-95"])]  # fmt: skip
-        if not names_only_all:
-            for r in self.per_class:
-                lines.append(row % (r["class"], r["images"], r["instances"], r["P"], r["R"], r["mAP50"], r["mAP50-95"]))
+        for r in self.per_class:
+            lines.append(row % (r["class"], r["images"], r["instances"], r["P"], r["R"], r["mAP50"], r["mAP50-95"]))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -89,74 +97,73 @@ class Validator:
         self.loader, self.names, self.cfg, self.device = loader, list(names), cfg, device
         self.run_dir, self.loss, self.amp_dtype = Path(run_dir), loss, amp_dtype
 
-    def __call__(self, model, *, epoch: int | None = None, plots: bool = False, save_json: bool = False) -> ValResult:
+    def __call__(self, model, *, plots: bool = False, save_json: bool = False) -> ValResult:
+        """Evaluate ``model`` (a ``DetectionModel``, train or deploy form); prints and returns the result."""
         # validation must not move the training RNG streams (resume exactness): fork and restore them
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            result = self._run(model, plots=plots, save_json=save_json)
+        was_training = model.training
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                result = self._run(model.eval(), plots=plots, save_json=save_json)
+        finally:
+            model.train(was_training)
         LOGGER.info(result.table())
         return result
 
     def _run(self, model, *, plots: bool, save_json: bool) -> ValResult:
-        from detector.engine.postprocess import non_max_suppression, scale_boxes
-
-        was_training = model.training
-        model.eval()
         head = model.main_head
         tag = next(t for i, t in model.head_tags.items() if model.layers[i] is head)
-        collector = PredictionCollector(len(self.names))
+        evaluator = COCOEvaluator()
         confusion = ConfusionMatrix(len(self.names)) if plots else None
+        predictions: list[dict] | None = [] if save_json else None
+        category_ids = dataset_category_ids(self.loader.dataset, len(self.names))
         loss_sum: Tensor | None = None
-        n_batches = 0
+        n_batches = n_images = 0
         times = np.zeros(3)
-        nb = self.device.type == "cuda"
+        non_blocking = self.device.type == "cuda"
         for bi, batch in enumerate(self.loader):
             t0 = time.perf_counter()
-            images = batch["img"].to(self.device, non_blocking=nb).float().div_(255)
+            images = batch["img"].to(self.device, non_blocking=non_blocking).float().div_(255)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 raw = model(images, decode=False)[tag]
             maps = [m.float() for m in raw]
             t1 = time.perf_counter()
             if self.loss is not None:
-                moved = {
-                    k: (v.to(self.device, non_blocking=nb) if isinstance(v, Tensor) else v) for k, v in batch.items()
-                }
-                items = self.loss(maps, moved)[1].detach().float()
+                targets = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+                items = self.loss(maps, targets)[1].detach().float()
                 loss_sum = items if loss_sum is None else loss_sum + items
             t2 = time.perf_counter()
             dets = non_max_suppression(
                 head.decode(maps), self.cfg.conf, self.cfg.iou, self.cfg.max_det, multi_label=True
             )
-            dets = [d.detach().float().cpu() for d in dets]
+            dets = [d.float().cpu() for d in dets]  # results leave the device batch by batch: flat memory
             t3 = time.perf_counter()
             times += (t1 - t0, t2 - t1, t3 - t2)
             n_batches += 1
-            gt_idx, gt_cls, gt_boxes = batch["batch_idx"].cpu(), batch["cls"].cpu(), batch["bboxes"].cpu().float()
+            n_images += len(dets)
+            gt_idx, gt_cls, gt_boxes = batch["batch_idx"], batch["cls"], batch["bboxes"].float()
             for j, det in enumerate(dets):
                 sel = gt_idx == j
-                if confusion is not None:
-                    confusion.update(det, gt_boxes[sel], gt_cls[sel])
                 ori, rp = batch["ori_shapes"][j], batch["ratio_pad"][j]
-                boxes = scale_boxes(det[:, :4].clone(), rp, ori)
-                collector.add(
-                    batch["image_ids"][j], boxes, det[:, 4], det[:, 5], scale_boxes(gt_boxes[sel].clone(), rp, ori),
-                    gt_cls[sel], ori,
-                )  # fmt: skip
+                found = ImageDetections(scale_boxes(det[:, :4], rp, ori), det[:, 4], det[:, 5])
+                truth = ImageGroundTruth(scale_boxes(gt_boxes[sel], rp, ori), gt_cls[sel])
+                evaluator.update(found, truth)
+                if confusion is not None:
+                    confusion.update(found, truth)
+                if predictions is not None:
+                    predictions += coco_results(batch["image_ids"][j], found, category_ids)
             if plots and bi < 3:
                 self._plot_batch(batch, dets, bi)
-        if was_training:
-            model.train()
-        if not collector.images:
+        if n_images == 0:
             raise DetectorError(f"validation split {self.cfg.split!r} has no images")
-        result = collector.compute(self.names)
-        if loss_sum is not None and self.loss is not None:
-            result.losses = dict(zip(self.loss.names, (loss_sum / max(n_batches, 1)).tolist()))
-        n_img = max(len(collector.images), 1)
-        result.speed_ms = dict(zip(("inference", "loss", "postprocess"), (times * 1000 / n_img).round(3).tolist()))
+        result = ValResult.from_metrics(evaluator.compute(), self.names, n_images)
+        if loss_sum is not None:
+            result.losses = dict(zip(self.loss.names, (loss_sum / n_batches).tolist()))
+        result.speed_ms = dict(zip(("inference", "loss", "postprocess"), (times * 1000 / n_images).round(3).tolist()))
         if plots:
-            self._plot_summary(collector, confusion, result)
-        if save_json:
-            self._save_json(collector, result)
+            self._plot_summary(confusion, result)
+        if predictions is not None:
+            self._save_json(predictions, result)
         return result
 
     # -- outputs ---------------------------------------------------------------------------------------------
@@ -165,66 +172,46 @@ class Validator:
 
         plot_batch(batch["img"], batch["batch_idx"], batch["cls"], batch["bboxes"], self.names,
                    self.run_dir / f"val_batch{bi}_labels.jpg")  # fmt: skip
-        idx = torch.cat([torch.full((len(d),), j) for j, d in enumerate(dets)]) if dets else torch.zeros(0)
-        det = torch.cat(dets) if dets else torch.zeros(0, 6)
+        idx = torch.cat([torch.full((len(d),), j) for j, d in enumerate(dets)])
+        det = torch.cat(dets)
         plot_batch(batch["img"], idx, det[:, 5], det[:, :4], self.names, self.run_dir / f"val_batch{bi}_pred.jpg",
                    scores=det[:, 4])  # fmt: skip
 
-    def _plot_summary(
-        self, collector: PredictionCollector, confusion: ConfusionMatrix | None, result: ValResult
-    ) -> None:
+    def _plot_summary(self, confusion: ConfusionMatrix | None, result: ValResult) -> None:
         from detector.engine.plots import plot_confusion_matrix, plot_pr_curves
 
         if confusion is not None:
             plot_confusion_matrix(confusion.matrix, self.names, self.run_dir / "confusion_matrix.png")
-        curves = collector.pr_curves()
-        if curves is not None:
-            recall, precision = curves
-            ap50 = [r["mAP50"] for r in result.per_class]
-            plot_pr_curves(recall, precision, self.names, ap50, self.run_dir / "PR_curve.png")
+        m = result.curves
+        if m is not None and len(m.classes):
+            from detector.metrics import RECALL_POINTS
 
-    def _save_json(self, collector: PredictionCollector, result: ValResult) -> None:
-        ids = category_ids(self.loader.dataset, len(self.names))
+            precision = np.clip(m.precision_curve[0, :, :, 0, -1].T, 0, 1)  # IoU 0.5, all areas, 100 dets: (K, 101)
+            names = [self.names[int(c)] for c in m.classes]
+            plot_pr_curves(RECALL_POINTS, precision, names, m.ap50.tolist(), self.run_dir / "PR_curve.png")
+
+    def _save_json(self, predictions: list[dict], result: ValResult) -> None:
         with open(self.run_dir / "predictions.json", "w") as f:
-            json.dump(collector.coco_results(ids), f)
+            json.dump(predictions, f)
         with open(self.run_dir / "metrics.json", "w") as f:
             json.dump(result.to_json(), f, indent=1)
-        LOGGER.info(f"saved predictions.json and metrics.json to {self.run_dir}")
+        LOGGER.info(f"saved predictions.json ({len(predictions)} boxes) and metrics.json to {self.run_dir}")
 
 
-def category_ids(dataset, nc: int) -> list[int]:
+def dataset_category_ids(dataset, nc: int) -> list[int]:
     """COCO category id of each class index: the dataset's own ids for COCO data, else the index itself."""
-    ids = getattr(dataset, "category_ids", None)
-    return [int(i) for i in ids] if ids else list(range(nc))
+    ids = list(getattr(dataset, "category_ids", None) or [])
+    return [int(i) for i in ids] if len(ids) == nc else list(range(nc))
 
 
-class PredictionCollector:
-    """Per-image predictions and ground truth in original-image pixels, on the CPU, for the metrics."""
-
-    def __init__(self, nc: int) -> None:
-        self.nc = nc
-        self.images: list = []  # image ids
-        self.shapes: list[tuple[int, int]] = []
-        self.preds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # boxes (n, 4) xyxy, scores, classes
-        self.gts: list[tuple[np.ndarray, np.ndarray]] = []  # boxes (m, 4) xyxy, classes
-        self._eval = None
-
-    def add(self, image_id, boxes: Tensor, scores: Tensor, classes: Tensor, gt_boxes: Tensor, gt_classes: Tensor,
-            shape) -> None:  # fmt: skip
-        self.images.append(image_id)
-        self.shapes.append((int(shape[0]), int(shape[1])))
-        self.preds.append((boxes.numpy(), scores.numpy(), classes.numpy().astype(np.int64)))
-        self.gts.append((gt_boxes.numpy(), gt_classes.numpy().astype(np.int64)))
-
-    def coco_results(self, category_ids: list[int]) -> list[dict]:
-        """COCO results format: one ``{image_id, category_id, bbox: [x, y, w, h], score}`` per prediction."""
-        out = []
-        for image_id, (boxes, scores, classes) in zip(self.images, self.preds):
-            xywh = boxes.copy()
-            xywh[:, 2:] -= xywh[:, :2]
-            for b, s, c in zip(xywh.round(3).tolist(), scores.tolist(), classes.tolist()):
-                out.append({"image_id": image_id, "category_id": category_ids[c], "bbox": b, "score": round(s, 5)})
-        return out
+def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> list[dict]:
+    """COCO results format, one ``{image_id, category_id, bbox: [x, y, w, h], score}`` per detection."""
+    xywh = det.boxes.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    return [
+        {"image_id": image_id, "category_id": category_ids[c], "bbox": [round(v, 3) for v in b], "score": round(s, 5)}
+        for b, s, c in zip(xywh.tolist(), det.scores.tolist(), det.classes.tolist())
+    ]
 
 
 # -- detector val --------------------------------------------------------------------------------------------
@@ -252,7 +239,7 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     setup_logging(DistInfo(), run_dir)
     loader, dataset = build_dataloader(
         data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
-        rank=0, world_size=1, cache=False, rect=True,
+        rank=-1, world_size=1, cache=None, rect=True,
     )  # fmt: skip
     names = [str(n) for n in ckpt["names"]]
     data_names = class_names(dataset.names)
