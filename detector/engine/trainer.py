@@ -480,8 +480,8 @@ def gather_rng_states(info: DistInfo) -> list[dict]:
     return out
 
 
-def setup_logging(info: DistInfo, run_dir: Path) -> None:
-    """INFO to stdout on rank 0 (warnings only elsewhere), and a copy in ``run_dir/train.log``."""
+def setup_logging(info: DistInfo, run_dir: Path, log_name: str = "train.log") -> None:
+    """INFO to stdout on rank 0 (warnings only elsewhere), and a copy in ``run_dir/log_name``."""
     LOGGER.setLevel(logging.INFO if info.is_main else logging.WARNING)
     LOGGER.propagate = False
     for h in list(LOGGER.handlers):
@@ -491,7 +491,7 @@ def setup_logging(info: DistInfo, run_dir: Path) -> None:
     stream.setFormatter(logging.Formatter("%(message)s"))
     LOGGER.addHandler(stream)
     if info.is_main:
-        file = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        file = logging.FileHandler(run_dir / log_name, encoding="utf-8")
         file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         LOGGER.addHandler(file)
 

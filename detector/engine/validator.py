@@ -236,7 +236,7 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     imgsz = cfg.imgsz or int(trained.get("imgsz", 640))
     device = select_device(cfg.device)
     run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
-    setup_logging(DistInfo(), run_dir)
+    setup_logging(DistInfo(), run_dir, "val.log")
     loader, dataset = build_dataloader(
         data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
         rank=-1, world_size=1, cache=None, rect=True,
