@@ -118,3 +118,19 @@ def test_csv_rows_grow_columns(tmp_path):
     write_csv_row(p, {"epoch": 2, "train/box": 1.25, "mAP50": 0.5})
     lines = p.read_text().splitlines()
     assert lines == ["epoch,train/box,mAP50", "1,1.5,", "2,1.25,0.5"]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement():
+    from types import SimpleNamespace
+
+    from detector.engine.callbacks import EarlyStopping
+
+    t = SimpleNamespace(cfg=SimpleNamespace(patience=3), best_epoch=4, epoch=6, stop=False, finish_reason="")
+    EarlyStopping().after_epoch(t)
+    assert not t.stop
+    t.epoch = 7
+    EarlyStopping().after_epoch(t)
+    assert t.stop and "no improvement for 3 epochs (best epoch 5)" in t.finish_reason
+    t = SimpleNamespace(cfg=SimpleNamespace(patience=0), best_epoch=0, epoch=100, stop=False, finish_reason="")
+    EarlyStopping().after_epoch(t)
+    assert not t.stop

@@ -97,7 +97,7 @@ def test_resume_continues_exactly(tmp_path, data4):
         Trainer(tiny_config(tmp_path, data4, name="cut", **kw), callbacks=[InterruptAfter(1)]).train()
     cut = tmp_path / "runs" / "cut"
     assert load_checkpoint(cut / "weights" / "last.pt")["epoch"] == 1
-    Trainer(parse_train_args([f"resume={cut / 'weights' / 'last.pt'}"])).train()
+    Trainer(parse_train_args(["resume=True", f"project={tmp_path / 'runs'}"])).train()  # the latest run: cut
 
     a = load_checkpoint(tmp_path / "runs" / "straight" / "weights" / "last.pt")
     b = load_checkpoint(cut / "weights" / "last.pt")

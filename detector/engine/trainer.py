@@ -135,8 +135,9 @@ class Trainer:
             model = initial_model(cfg.model, len(self.names))
         model.names = dict(enumerate(self.names))
         model = model.to(self.device).train()
-        self.heads = model.heads()
-        self.main_tag = next(t for t, h in self.heads.items() if h is model.main_head)
+        heads = model.heads()
+        self.main_tag = next(t for t, h in heads.items() if h is model.main_head)
+        self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
         self.losses = {tag: LOSSES.get(head.loss)(head, cfg.loss) for tag, head in self.heads.items()}
         names = self.losses[self.main_tag].names
         self.loss_names = list(names)
@@ -144,8 +145,10 @@ class Trainer:
             n if t == self.main_tag else f"{t}_{n}" for t in self.heads for n in self.losses[t].names
         ]
         if self.dist.enabled:
-            if cfg.sync_bn:
+            if cfg.sync_bn and self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif cfg.sync_bn and self.dist.is_main:
+                LOGGER.warning("sync_bn=True needs CUDA; each CPU process keeps its own BatchNorm statistics")
             # every parameter gets a gradient every step (compute_loss ties all raw maps into the loss)
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -225,9 +228,7 @@ class Trainer:
                 self.finish_reason = f"completed {self.cfg.epochs} epochs"
             self.emit("after_train")
             if self.dist.is_main:
-                LOGGER.info(
-                    f"{self.finish_reason} in {(time.monotonic() - t0) / 3600:.3f} hours; results in {self.run_dir}"
-                )
+                LOGGER.info(f"{self.finish_reason} in {duration(time.monotonic() - t0)}; results in {self.run_dir}")
             barrier(self.dist)
         finally:
             shutdown_distributed()
@@ -413,13 +414,22 @@ def report_problems(dataset, split: str, run_dir: Path) -> None:
     if not problems:
         return
     lines = [f"{p['file']}: {p['problem']}" if isinstance(p, dict) else str(p) for p in problems]
-    LOGGER.warning(f"{split}: {len(lines)} file(s) skipped or repaired, training on the rest:")
+    LOGGER.warning(
+        f"{split}: {len(lines)} data problem(s); unusable files are skipped and bad boxes dropped, the run uses the rest:"
+    )
     for line in lines[:20]:
         LOGGER.warning(f"  {line}")
     if len(lines) > 20:
         LOGGER.warning(f"  ... and {len(lines) - 20} more, see {run_dir / 'data_problems.txt'}")
     with open(run_dir / "data_problems.txt", "a", encoding="utf-8") as f:
         f.write("".join(f"{split}: {line}\n" for line in lines))
+
+
+def duration(seconds: float) -> str:
+    """``42.0`` -> ``"42.0 s"``, ``5400`` -> ``"1.50 h"``."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
