@@ -180,10 +180,14 @@ class EarlyStopping(Callback):
 
 
 class ResultsLogger(Callback):
-    """``results.csv`` (one row per epoch), TensorBoard scalars when installed, and the plots."""
+    """``results.csv`` (one row per epoch), TensorBoard scalars when installed, ``results.png`` and the
+    labelled grids of the first training batches."""
+
+    plot_every_s = 60.0  # results.png is redrawn at most this often (matplotlib costs ~1 s) and at the end
 
     def before_train(self, trainer: Trainer) -> None:
         self.csv = trainer.run_dir / "results.csv"
+        self.last_plot = time.monotonic()
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -214,14 +218,20 @@ class ResultsLogger(Callback):
             for k, v in row.items():
                 if k != "epoch":
                     self.tb.add_scalar(k, v, trainer.epoch + 1)
-        if trainer.cfg.plots:
-            from detector.engine.plots import plot_results
-
-            plot_results(self.csv)
+        if trainer.cfg.plots and time.monotonic() - self.last_plot > self.plot_every_s:
+            self.plot()
 
     def after_train(self, trainer: Trainer) -> None:
+        if trainer.cfg.plots and self.csv.is_file():
+            self.plot()
         if self.tb is not None:
             self.tb.close()
+
+    def plot(self) -> None:
+        from detector.engine.plots import plot_results
+
+        plot_results(self.csv)
+        self.last_plot = time.monotonic()
 
 
 def write_csv_row(path: Path, row: dict) -> None:

@@ -72,7 +72,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: Path) -> P
     m = m / np.maximum(m.sum(0, keepdims=True), 1)
     labels = list(names) + ["background"]
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * n + 2), max(3.5, 0.45 * n + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.45 * n + 2), max(4.5, 0.45 * n + 1.5)))
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     if n <= 30:
         ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
@@ -82,7 +82,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: Path) -> P
                 if m[i, j] >= 0.005:
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] > 0.5 else "black")  # fmt: skip
-    ax.set(xlabel="True", ylabel="Predicted", title="Confusion matrix (normalised per true class)")
+    ax.set(xlabel="True", ylabel="Predicted", title="Confusion matrix (columns sum to 1)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

@@ -80,6 +80,8 @@ class Trainer:
             raise ConfigError(
                 f"batch={cfg.batch} must be divisible by the number of processes ({self.dist.world_size})"
             )
+        if self.resume_ckpt is None:
+            preflight(cfg)  # a wrong model or data name fails here, before a run dir exists
         init_seeds(cfg.seed, cfg.deterministic)
         self.run_dir = self.make_run_dir()
         setup_logging(self.dist, self.run_dir)
@@ -381,6 +383,20 @@ def load_resume(cfg: TrainConfig) -> tuple[dict, TrainConfig]:
         raise DetectorError(f"{path}: holds no training state (optimizer, train weights); it cannot be resumed")
     saved.resume, saved.device, saved.workers = str(path), cfg.device, cfg.workers
     return ckpt, saved
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Cheap checks of what the run names: the model (zoo name, YAML or checkpoint) and the dataset definition."""
+    from detector.data import resolve_dataset
+
+    if cfg.model.endswith(".pt"):
+        if not Path(cfg.model).is_file():
+            raise DetectorError(f"model={cfg.model}: checkpoint not found")
+    else:
+        load_model_dict(cfg.model)
+    if not cfg.data:
+        raise ConfigError("data is not set: pass data=DATA (a dataset YAML, a VOC folder or a name such as bccd)")
+    resolve_dataset(cfg.data)
 
 
 def initial_model(model: str, nc: int) -> DetectionModel:

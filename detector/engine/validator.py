@@ -228,6 +228,8 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
         raise DetectorError(
             "val: give the checkpoint to evaluate, e.g. detector val model=runs/train/exp/weights/best.pt"
         )
+    if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
+        raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
     ckpt = load_checkpoint(cfg.model)
     trained = ckpt.get("config") or {}
     data = cfg.data or trained.get("data")
