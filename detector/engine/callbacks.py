@@ -158,7 +158,7 @@ class Checkpointer(Callback):
         for name in ("last.pt", "best.pt"):
             path = wdir / name
             if path.is_file():
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                ckpt = load_checkpoint(path)
                 for key in ("optimizer", "scaler", "train_model"):
                     ckpt.pop(key, None)
                 ckpt["finished"] = trainer.finish_reason

@@ -431,7 +431,7 @@ def report_problems(dataset, split: str, run_dir: Path) -> None:
         return
     lines = [f"{p['file']}: {p['problem']}" if isinstance(p, dict) else str(p) for p in problems]
     LOGGER.warning(
-        f"{split}: {len(lines)} data problem(s); unusable files are skipped and bad boxes dropped, the run uses the rest:"
+        f"{split}: {len(lines)} data problem(s); unusable files are skipped and bad boxes dropped, using the rest:"
     )
     for line in lines[:20]:
         LOGGER.warning(f"  {line}")
@@ -465,7 +465,7 @@ def init_seeds(seed: int, deterministic: bool) -> None:
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not deterministic  # fixed training shapes: let cuDNN pick the fastest kernels
 
 
 def rng_state() -> dict:

@@ -222,7 +222,7 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     from detector.data import build_dataloader
     from detector.engine.distributed import DistInfo, select_device
     from detector.engine.runs import increment_run_dir
-    from detector.engine.trainer import amp_dtype, class_names, setup_logging
+    from detector.engine.trainer import amp_dtype, class_names, report_problems, setup_logging
 
     if not cfg.model:
         raise DetectorError(
@@ -237,8 +237,6 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
         raise DetectorError(f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA")
     imgsz = cfg.imgsz or int(trained.get("imgsz", 640))
     device = select_device(cfg.device)
-    run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
-    setup_logging(DistInfo(), run_dir, "val.log")
     loader, dataset = build_dataloader(
         data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
         rank=-1, world_size=1, cache=None, rect=True,
@@ -250,6 +248,9 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
             f"{cfg.model} predicts {len(names)} classes {names[:5]} but {data} has {len(data_names)} "
             f"{data_names[:5]}; evaluate it on the data it was trained for"
         )
+    run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+    setup_logging(DistInfo(), run_dir, "val.log")
+    report_problems(dataset, cfg.split, run_dir)
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
     model = model_from_checkpoint(cfg.model, deploy=True).to(device)
