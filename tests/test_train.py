@@ -15,7 +15,7 @@ from detector.checkpoint import load_checkpoint, model_from_checkpoint
 from detector.config import ConfigError, load
 from detector.engine.callbacks import Callback
 from detector.engine.settings import OptimConfig, TrainConfig, ValConfig
-from detector.engine.trainer import Trainer, parse_train_args
+from detector.engine.trainer import Trainer, cli_train, parse_train_args
 from detector.engine.validator import cli_val
 from detector.errors import DetectorError
 
@@ -178,7 +178,10 @@ def test_val_cli_writes_coco_json(trained, tmp_path):
         cli_val([f"model={tmp_path / 'nope.pt'}"])
 
 
-def test_command_line_parsing(tmp_path):
+def test_command_line_parsing(tmp_path, capsys):
+    assert cli_train(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr0=None" in out and "augment.close_mosaic=15" in out and "resume=False" in out
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: gelan-t\nepochs: 5\noptim: {optimizer: SGD}\naugment: {mosaic: 0.5}\n")
     cfg = parse_train_args([str(recipe), "epochs=7", "optim.lr0=0.02", "loss.box=5.0"])

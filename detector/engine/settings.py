@@ -6,6 +6,7 @@ Loaded with ``detector.config.load``: recipe YAML <- command-line ``key=value`` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,3 +96,19 @@ class ValRunConfig:
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False
+
+
+def keys_help(cfg, usage: str) -> str:
+    """``usage`` and every key of dataclass ``cfg`` with its default (nested sections as ``section.key``)."""
+    lines = [f"usage: {usage}   (see docs/training.md)", "", "keys (default):"]
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name}={value!r}")
+
+    walk(cfg, "")
+    return "\n".join(lines)

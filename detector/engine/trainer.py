@@ -28,7 +28,7 @@ from detector.engine.distributed import DistInfo, barrier, broadcast_object, ini
 from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.optim import LRSchedule, build_optimizer, resolve_optimizer
 from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
-from detector.engine.settings import TrainConfig
+from detector.engine.settings import TrainConfig, keys_help
 from detector.errors import DetectorError
 from detector.model import DetectionModel, build_model, load_model_dict
 from detector.registry import LOSSES
@@ -551,6 +551,9 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
 
 def cli_train(argv: list[str]) -> int:
     """``detector train [RECIPE.yaml] key=value ...`` (also under ``torchrun``)."""
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(keys_help(TrainConfig(), "detector train [RECIPE.yaml | recipe-name] key=value ..."))
+        return 0
     cfg = parse_train_args(argv)
     Trainer(cfg).train()
     return 0
