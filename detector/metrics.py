@@ -472,7 +472,7 @@ def coco_eval_reference(
                     "area": float(area),
                     "iscrowd": int(crowd),
                     "id": len(gt_anns) + 1,
-                }  # fmt: skip
+                }
             )
         for box, c, s in zip(_xywh(det.boxes), det.classes, det.scores):
             dt_anns.append(
@@ -484,7 +484,7 @@ def coco_eval_reference(
                     "area": float(box[2] * box[3]),
                     "iscrowd": 0,
                     "id": len(dt_anns) + 1,
-                }  # fmt: skip
+                }
             )
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt, coco_dt = COCO(), COCO()

@@ -198,3 +198,15 @@ def test_aota_empty_image_and_tiny_box():
     assert out.target_scores[0][out.fg_mask[0]].argmax().item() == 2
     empty, iou = AlignedOTAAssigner(3)(logits, pred, points, strides, targets([], []))
     assert not empty.fg_mask.any() and float(iou.abs().sum()) == 0.0
+
+
+def test_pad_targets_rejects_bad_batch():
+    import pytest
+
+    from detector.errors import DetectorError
+
+    batch = {"cls": torch.tensor([0.0, 1.0]), "bboxes": torch.zeros(2, 4), "batch_idx": torch.tensor([0, 2])}
+    with pytest.raises(DetectorError, match="batch_idx"):
+        pad_targets(batch, 2, nc=3, device=torch.device("cpu"))
+    with pytest.raises(DetectorError, match="must match"):
+        pad_targets({**batch, "bboxes": torch.zeros(3, 4)}, 3, nc=3, device=torch.device("cpu"))

@@ -15,30 +15,29 @@ MAX_CANDIDATES = 30000  # per image, before NMS: bounds NMS time when conf is ti
 
 
 def _candidates(
-    scores: Tensor, conf: float, multi_label: bool, classes: Sequence[int] | None
+    scores: Tensor, conf: float, multi_label: bool, classes: Sequence[int] | None, max_candidates: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(image, anchor, class, score) of every candidate above ``conf``; ``scores (Tensor[B, A, nc])``."""
+    """(image, anchor, class, score) of each image's ``max_candidates`` best candidates above ``conf``.
+
+    ``scores (Tensor[B, A, nc])``. One batched top-k instead of a threshold-then-sort, so an untrained model at
+    conf 0.001 (millions of candidates) costs no more than a trained one.
+    """
+    b, _, nc = scores.shape
     if classes is not None:
-        keep = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        keep = torch.zeros(nc, dtype=torch.bool, device=scores.device)
         keep[torch.as_tensor(list(classes), dtype=torch.long, device=scores.device)] = True
         scores = scores * keep
     if multi_label:
-        image, anchor, cls = (scores > conf).nonzero(as_tuple=True)
-        return image, anchor, cls, scores[image, anchor, cls]
-    best, cls = scores.max(-1)
-    image, anchor = (best > conf).nonzero(as_tuple=True)
-    return image, anchor, cls[image, anchor], best[image, anchor]
-
-
-def _rank_within_image(image: Tensor, order_key: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    """Sort candidates by image, then by descending ``order_key``; return the order and each one's rank in its image."""
-    by_score = order_key.argsort(descending=True, stable=True)
-    by_image = image[by_score].argsort(stable=True)
-    order = by_score[by_image]
-    counts = torch.bincount(image, minlength=batch_size)
-    first = counts.cumsum(0) - counts
-    rank = torch.arange(order.numel(), device=image.device) - first[image[order]]
-    return order, rank
+        flat = scores.reshape(b, -1)  # (B, A * nc), index = anchor * nc + class
+    else:
+        flat, best_cls = scores.max(-1)  # (B, A)
+    top, index = flat.topk(min(max_candidates, flat.shape[1]), dim=1)  # (B, K), descending
+    ok = top > conf
+    image = torch.arange(b, device=scores.device)[:, None].expand_as(index)[ok]
+    index, score = index[ok], top[ok]
+    if multi_label:
+        return image, index // nc, index % nc, score
+    return image, index, best_cls[image, index], score
 
 
 def non_max_suppression(
@@ -66,24 +65,20 @@ def non_max_suppression(
     Returns:
         One ``Tensor[n, 6]`` per image: ``x1, y1, x2, y2, score, class``, sorted by descending score.
     """
-    b, c, _ = pred.shape
-    nc = c - 4
+    b = pred.shape[0]
     boxes = pred[:, :4].transpose(1, 2)  # (B, A, 4)
     scores = pred[:, 4:].transpose(1, 2)  # (B, A, nc)
-    image, anchor, cls, score = _candidates(scores, conf, multi_label, classes)
+    image, anchor, cls, score = _candidates(scores, conf, multi_label, classes, max_candidates)
 
-    order, rank = _rank_within_image(image, score, b)
-    order = order[rank < max_candidates]
-    image, anchor, cls, score = image[order], anchor[order], cls[order], score[order]
-
-    group = image if agnostic else image * nc + cls  # NMS never crosses images
-    keep = batched_nms(boxes[image, anchor].float(), score.float(), group, iou)  # sorted by descending score
-    order, rank = _rank_within_image(image[keep], score[keep], b)
-    keep = keep[order[rank < max_det]]  # grouped by image, each by descending score
-
-    image = image[keep]
-    dets = torch.cat((boxes[image, anchor[keep]], score[keep, None], cls[keep, None].to(pred.dtype)), 1)
-    return list(dets.split(torch.bincount(image, minlength=b).tolist()))
+    counts = torch.bincount(image, minlength=b).tolist()  # candidates come grouped by image
+    out = []
+    for img_boxes, img_score, img_cls in zip(
+        boxes[image, anchor].float().split(counts), score.float().split(counts), cls.split(counts)
+    ):
+        # per image: torchvision's per-class pass then scans one image's candidates, not the batch's
+        keep = batched_nms(img_boxes, img_score, torch.zeros_like(img_cls) if agnostic else img_cls, iou)[:max_det]
+        out.append(torch.cat((img_boxes[keep], img_score[keep, None], img_cls[keep, None].float()), 1).to(pred.dtype))
+    return out
 
 
 def scale_boxes(

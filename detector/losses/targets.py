@@ -48,18 +48,20 @@ def pad_targets(batch: Mapping, batch_size: int, nc: int, device: torch.device) 
             mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
         )
     labels = cls.long()
-    lo, hi = int(labels.min()), int(labels.max())  # one sync; a bad label must stop here, not index out of range
+    counts = torch.bincount(batch_idx.clamp(min=0), minlength=batch_size)
+    # one host sync for every check: bad input must stop here, not index out of range on the device
+    checks = torch.stack((labels.min(), labels.max(), batch_idx.min(), batch_idx.max(), counts.max()))
+    lo, hi, first_image, last_image, m = checks.tolist()
     if lo < 0 or hi >= nc:
         raise DetectorError(
             f"label class id {hi if hi >= nc else lo} is outside [0, {nc}): dataset and model nc differ"
         )
-
-    counts = torch.bincount(batch_idx, minlength=batch_size)
+    if first_image < 0 or last_image >= batch_size:
+        raise DetectorError(f"batch_idx values {first_image}..{last_image} do not fit a batch of {batch_size} images")
     order = torch.argsort(batch_idx, stable=True)
     sorted_idx = batch_idx[order]
     first = counts.cumsum(0) - counts  # index of each image's first box in sorted order
     slot = torch.arange(n, device=device) - first[sorted_idx]
-    m = int(counts.max())
 
     out_labels = torch.zeros(batch_size, m, dtype=torch.long, device=device)
     out_boxes = torch.zeros(batch_size, m, 4, device=device)
