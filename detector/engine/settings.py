@@ -1,0 +1,114 @@
+"""Typed run configuration for ``detector train`` and ``detector val``.
+
+Loaded with ``detector.config.load``: recipe YAML <- command-line ``key=value`` (nested keys with dots,
+``optim.lr0=0.01``). Every field has a default, so ``detector train model=gelan-t data=bccd`` is a full run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from detector.data.augment import AugmentConfig
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule. ``None`` means "the default of the chosen optimiser" (see ``engine.optim``)."""
+
+    optimizer: Literal["auto", "SGD", "AdamW"] = "auto"  # auto: AdamW for runs < 10k iterations, else SGD
+    lr0: float | None = None  # SGD 0.01, AdamW 0.002
+    lrf: float = 0.01  # final lr = lr0 * lrf
+    momentum: float | None = None  # SGD 0.937, AdamW beta1 0.9
+    weight_decay: float = 5e-4  # per nominal batch; scaled by batch * accumulate / nbs
+    schedule: Literal["linear", "cosine"] = "linear"
+    warmup_epochs: float = 3.0
+    warmup_min_iters: int = 100
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float | None = None  # SGD 0.1, AdamW 0.0
+    nbs: int = 64  # nominal batch: gradients accumulate over ceil(nbs / batch) batches
+    clip_grad: float = 10.0  # max gradient norm (0 = no clipping)
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+
+
+@dataclass
+class ValConfig:
+    """Validation during training (and the defaults of ``detector val``)."""
+
+    split: str = "val"
+    conf: float = 0.001
+    iou: float = 0.7
+    max_det: int = 300
+    batch: int | None = None  # default: 2x the training batch
+    period: int = 1  # validate every N epochs (the last epoch always)
+    save_json: bool = False
+    plots: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run reads. Saved as ``args.yaml`` in the run dir and inside every checkpoint."""
+
+    model: str = "gelan-t"  # zoo name, model YAML, or a .pt checkpoint to start from
+    data: str = ""  # dataset YAML (path or name under configs/data)
+    epochs: int = 100
+    imgsz: int = 640
+    batch: int = 16  # total over all processes
+    device: str = ""  # "" = cuda:0 if available else cpu; "cpu", "0", "cuda:1"
+    workers: int = 4  # dataloader workers per process
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    resume: bool | str = False  # True = latest run under `project`, or a path to last.pt
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
+    patience: int = 50  # stop after this many epochs without a better fitness (0 = never)
+    cache: bool | str = False  # keep decoded resized images: False, True / "ram", "disk"
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    save_period: int = 0  # also keep weights/epochN.pt every N epochs (0 = off)
+    plots: bool = True
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # includes close_mosaic (last N epochs)
+    # loss settings handed to every head's loss builder, which validates them (tal: box, cls, dfl, topk, ...)
+    loss: dict[str, Any] = field(default_factory=dict)
+    val: ValConfig = field(default_factory=ValConfig)
+
+
+@dataclass
+class ValRunConfig:
+    """``detector val model=CKPT data=DATA ...``; unset values come from the checkpoint's training config."""
+
+    model: str = ""  # checkpoint path
+    data: str | None = None
+    split: str = "val"
+    imgsz: int | None = None
+    batch: int = 16
+    device: str = ""
+    workers: int = 4
+    conf: float = 0.001
+    iou: float = 0.7
+    max_det: int = 300
+    save_json: bool = False
+    plots: bool = True
+    project: str = "runs/val"
+    name: str = "exp"
+    exist_ok: bool = False
+
+
+def keys_help(cfg, usage: str) -> str:
+    """``usage`` and every key of dataclass ``cfg`` with its default (nested sections as ``section.key``)."""
+    lines = [f"usage: {usage}   (see docs/training.md)", "", "keys (default):"]
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name}={value!r}")
+
+    walk(cfg, "")
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Engine building blocks: parameter groups, optimiser choice, warmup/schedules, EMA, run dirs, csv rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from detector.engine.callbacks import write_csv_row
+from detector.engine.ema import ModelEMA
+from detector.engine.optim import LRSchedule, build_optimizer, lr_factor, parameter_groups, resolve_optimizer
+from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
+from detector.engine.settings import OptimConfig
+from detector.errors import DetectorError
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1, bias=True), nn.GroupNorm(2, 4))
+
+
+def test_parameter_groups_split_norm_weights_weights_and_biases():
+    net = small_net()
+    norm_w, weights, biases = parameter_groups(net)
+    assert {id(p) for p in norm_w} == {id(net[1].weight), id(net[3].weight)}
+    assert {id(p) for p in weights} == {id(net[0].weight), id(net[2].weight)}
+    assert {id(p) for p in biases} == {id(net[0].bias), id(net[1].bias), id(net[2].bias), id(net[3].bias)}
+
+
+def test_only_weights_decay_and_decay_scales_with_batch():
+    opt = resolve_optimizer(OptimConfig(optimizer="SGD", weight_decay=5e-4), 1, batch=16, accumulate=4)
+    assert opt.weight_decay == pytest.approx(5e-4)
+    opt = resolve_optimizer(OptimConfig(optimizer="SGD", weight_decay=5e-4), 1, batch=8, accumulate=4)
+    assert opt.weight_decay == pytest.approx(2.5e-4)  # 32 of the nominal 64 per step
+    sgd = build_optimizer(small_net(), opt)
+    assert [g["weight_decay"] for g in sgd.param_groups] == [0.0, pytest.approx(2.5e-4), 0.0]
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.937
+
+
+def test_auto_picks_adamw_for_short_runs_and_sgd_for_long():
+    short = resolve_optimizer(OptimConfig(), 9_999, 16, 4)
+    long = resolve_optimizer(OptimConfig(), 10_000, 16, 4)
+    assert (short.name, short.lr0, short.momentum) == ("AdamW", 0.002, 0.9)
+    assert (long.name, long.lr0, long.momentum, long.warmup_bias_lr) == ("SGD", 0.01, 0.937, 0.1)
+    explicit = resolve_optimizer(OptimConfig(optimizer="AdamW", lr0=0.005), 1, 16, 4)
+    assert explicit.lr0 == 0.005
+    assert isinstance(build_optimizer(small_net(), short), torch.optim.AdamW)
+
+
+def test_warmup_then_schedule():
+    cfg = OptimConfig(optimizer="SGD")
+    opt = resolve_optimizer(cfg, 1, 64, 1)
+    sgd = build_optimizer(small_net(), opt)
+    sched = LRSchedule(cfg, opt, epochs=10, warmup_iters=100)
+    sched.apply(sgd, epoch=0, iteration=0)
+    assert [g["lr"] for g in sgd.param_groups] == [0.0, 0.0, pytest.approx(0.1)]  # bias lr starts high
+    assert sgd.param_groups[0]["momentum"] == pytest.approx(0.8)
+    sched.apply(sgd, epoch=0, iteration=50)
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert sgd.param_groups[2]["lr"] == pytest.approx(0.055)
+    assert sgd.param_groups[0]["momentum"] == pytest.approx(0.8685)
+    sched.apply(sgd, epoch=5, iteration=500)
+    assert [g["lr"] for g in sgd.param_groups] == [pytest.approx(0.01 * (0.5 * 0.99 + 0.01))] * 3
+    assert sgd.param_groups[1]["momentum"] == 0.937
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedules_run_from_one_to_lrf(schedule):
+    f = [lr_factor(schedule, e, 100, 0.01) for e in range(101)]
+    assert f[0] == pytest.approx(1.0) and f[-1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(f, f[1:]))
+    assert f[50] == pytest.approx(0.505)  # both pass the midpoint at half time
+
+
+def test_ema_ramp_and_update():
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(net, decay=0.9999, tau=2000)
+    before = ema.ema[0].weight.clone()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net[1].num_batches_tracked += 7
+    ema.update(net)
+    d = 0.9999 * (1 - math.exp(-1 / 2000))
+    assert torch.allclose(ema.ema[0].weight, d * before + (1 - d) * net[0].weight)
+    assert int(ema.ema[1].num_batches_tracked) == 7  # integer buffers are copied
+    assert ema.state_dict() == {"updates": 1}
+    assert all(not p.requires_grad for p in ema.ema.parameters())
+
+
+def test_run_dirs_increment(tmp_path):
+    assert increment_run_dir(tmp_path, "exp") == tmp_path / "exp"
+    assert increment_run_dir(tmp_path, "exp") == tmp_path / "exp2"
+    assert increment_run_dir(tmp_path, "exp") == tmp_path / "exp3"
+    assert increment_run_dir(tmp_path, "exp", exist_ok=True) == tmp_path / "exp"
+    assert increment_run_dir(tmp_path, "bccd") == tmp_path / "bccd"
+    assert all((tmp_path / n).is_dir() for n in ("exp", "exp2", "exp3", "bccd"))
+
+
+def test_latest_checkpoint(tmp_path):
+    with pytest.raises(DetectorError, match="no run with weights/last.pt"):
+        latest_checkpoint(tmp_path)
+    for i, name in enumerate(["exp", "exp2"]):
+        p = tmp_path / name / "weights" / "last.pt"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        import os
+
+        os.utime(p, (1000 + i, 1000 + i))
+    assert latest_checkpoint(tmp_path) == tmp_path / "exp2" / "weights" / "last.pt"
+    assert run_dir_of_checkpoint(tmp_path / "exp2" / "weights" / "last.pt") == (tmp_path / "exp2").resolve()
+
+
+def test_csv_rows_grow_columns(tmp_path):
+    p = tmp_path / "results.csv"
+    write_csv_row(p, {"epoch": 1, "train/box": 1.5})
+    write_csv_row(p, {"epoch": 2, "train/box": 1.25, "mAP50": 0.5})
+    lines = p.read_text().splitlines()
+    assert lines == ["epoch,train/box,mAP50", "1,1.5,", "2,1.25,0.5"]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement():
+    from types import SimpleNamespace
+
+    from detector.engine.callbacks import EarlyStopping
+
+    t = SimpleNamespace(cfg=SimpleNamespace(patience=3), best_epoch=4, epoch=6, stop=False, finish_reason="")
+    EarlyStopping().after_epoch(t)
+    assert not t.stop
+    t.epoch = 7
+    EarlyStopping().after_epoch(t)
+    assert t.stop and "no improvement for 3 epochs (best epoch 5)" in t.finish_reason
+    t = SimpleNamespace(cfg=SimpleNamespace(patience=0), best_epoch=0, epoch=100, stop=False, finish_reason="")
+    EarlyStopping().after_epoch(t)
+    assert not t.stop
