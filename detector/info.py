@@ -38,6 +38,30 @@ def count_flops(model: nn.Module, imgsz: int | tuple[int, int] = 640, train_form
     return float(counter.get_total_flops())
 
 
+@torch.no_grad()
+def count_flops_with_norm(model: nn.Module, imgsz: int | tuple[int, int] = 640, per_element: float = 8.0) -> float:
+    """``count_flops`` plus ``per_element`` FLOPs for every BatchNorm output element of one eval forward.
+
+    ``count_flops`` counts convolutions and matmuls only, which is the cost of the BN-folded deploy form. Some
+    papers (LeYOLO) report the unfused model as counted by thop through Ultralytics: thop charges an affine
+    BatchNorm 4 multiply-adds per output element and Ultralytics doubles multiply-adds into FLOPs, so 8 FLOPs per
+    element. This reproduces that convention so such published figures can be compared.
+    """
+    elements = 0
+
+    def hook(_m, _inp, out) -> None:
+        nonlocal elements
+        elements += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        flops = count_flops(model, imgsz)
+    finally:
+        for h in handles:
+            h.remove()
+    return flops + per_element * elements
+
+
 @dataclass
 class LayerRow:
     """One row of the layer table."""

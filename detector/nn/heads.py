@@ -1,4 +1,4 @@
-"""Anchor-free DFL detection head (DDetect, YOLOv9 / GELAN) and the shared decode helpers."""
+"""Anchor-free DFL detection heads: the shared ``DFLHead`` base (raw layout, decode) and DDetect (YOLOv9 / GELAN)."""
 
 from __future__ import annotations
 
@@ -63,36 +63,27 @@ class DFL(nn.Module):
         return torch.einsum("bkra,r->bka", x, self.project.to(x.dtype))
 
 
-@BLOCKS.register()
-class DDetect(Head):
-    """Decoupled anchor-free head with DFL box regression (YOLOv9 DDetect).
+class DFLHead(Head):
+    """Base of the anchor-free DFL heads: per-level ``box`` and ``cls`` branches, shared raw layout and decode.
 
-    Per level: box branch Conv3x3 -> c_box, Conv3x3 (groups 4), 1x1 (groups 4) -> 4*reg_max;
-    cls branch Conv3x3 -> c_cls, Conv3x3, 1x1 -> nc. Widths come from the first (stride-8) input.
+    A subclass builds ``self.box`` and ``self.cls`` (one ``nn.Sequential`` per level, the last layer of each a
+    plain biased ``nn.Conv2d`` to ``4 * reg_max`` and ``nc`` channels) and then calls ``init_bias()``.
 
     Training: list of raw maps ``(B, 4*reg_max + nc, H_i, W_i)``.
     Eval: ``(B, 4 + nc, A)``: xyxy boxes in input pixels, then sigmoid class scores.
     """
 
     loss = "tal"
+    box: nn.ModuleList
+    cls: nn.ModuleList
 
-    def __init__(self, c1: list[int], nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0):
+    def __init__(self, nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0) -> None:
         super().__init__(nc, strides, loss_weight)
         self.reg_max = reg_max
         self.bins = reg_max
         self.no = nc + 4 * reg_max
-        c_box = make_divisible(max(c1[0] // 4, reg_max * 4, 16), 4)
-        c_cls = max(c1[0], min(nc * 2, 128))
-        self.box = nn.ModuleList(
-            nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3, g=4), nn.Conv2d(c_box, 4 * reg_max, 1, groups=4))
-            for c in c1
-        )
-        self.cls = nn.ModuleList(
-            nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, nc, 1)) for c in c1
-        )
         self.dfl = DFL(reg_max)
         self._anchor_cache: tuple[tuple, Tensor, Tensor] | None = None
-        self.init_bias()
 
     def init_bias(self) -> None:
         """Box bias 1.0; class bias so that the initial score is ~5 objects per 640x640 image."""
@@ -107,7 +98,8 @@ class DDetect(Head):
         """Anchor points and strides for these map sizes, cached while the sizes stay the same."""
         key = tuple(m.shape[2:] for m in maps) + (maps[0].device, maps[0].dtype)
         if self._anchor_cache is None or self._anchor_cache[0] != key or torch.jit.is_tracing():
-            pts, st = make_anchors([tuple(m.shape[2:]) for m in maps], self.strides, 0.5, maps[0].device, maps[0].dtype)
+            shapes = [tuple(m.shape[2:]) for m in maps]
+            pts, st = make_anchors(shapes, self.strides, self.anchor_offset, maps[0].device, maps[0].dtype)
             self._anchor_cache = (key, pts, st)
         return self._anchor_cache[1], self._anchor_cache[2]
 
@@ -119,3 +111,26 @@ class DDetect(Head):
         points, stride = self.anchors(maps)
         boxes = dist2bbox(self.dfl(dist), points.t().unsqueeze(0), dim=1) * stride.t()
         return torch.cat((boxes, logits.sigmoid()), 1)
+
+
+@BLOCKS.register()
+class DDetect(DFLHead):
+    """Decoupled anchor-free head with DFL box regression (YOLOv9 DDetect).
+
+    Per level: box branch Conv3x3 -> c_box, Conv3x3 (groups 4), 1x1 (groups 4) -> 4*reg_max;
+    cls branch Conv3x3 -> c_cls, Conv3x3, 1x1 -> nc. Widths come from the first (stride-8) input.
+    Raw maps and decode: see ``DFLHead``.
+    """
+
+    def __init__(self, c1: list[int], nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0):
+        super().__init__(nc, strides, reg_max, loss_weight)
+        c_box = make_divisible(max(c1[0] // 4, reg_max * 4, 16), 4)
+        c_cls = max(c1[0], min(nc * 2, 128))
+        self.box = nn.ModuleList(
+            nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3, g=4), nn.Conv2d(c_box, 4 * reg_max, 1, groups=4))
+            for c in c1
+        )
+        self.cls = nn.ModuleList(
+            nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, nc, 1)) for c in c1
+        )
+        self.init_bias()
