@@ -36,7 +36,9 @@ class Detector:
         half: fp16 inference on CUDA. deploy: fuse into the deploy form (PyTorch backends).
     """
 
-    def __init__(self, model: str | Path = "gelan-t", device: str | None = None, half: bool = False, deploy: bool = True):
+    def __init__(
+        self, model: str | Path = "gelan-t", device: str | None = None, half: bool = False, deploy: bool = True
+    ):
         self.backend: Backend = load_backend(model, device, half, deploy)
         self.model_path = str(model)
         self.skipped: list[tuple[str, str]] = []
@@ -84,7 +86,9 @@ class Detector:
             if pred.device.type == "cuda":
                 torch.cuda.synchronize(pred.device)
             t2 = time.perf_counter()
-            dets = non_max_suppression(pred, conf, iou, max_det=max_det, multi_label=False, classes=classes, agnostic=agnostic)
+            dets = non_max_suppression(
+                pred, conf, iou, max_det=max_det, multi_label=False, classes=classes, agnostic=agnostic
+            )
             out = []
             for f, d, rp in zip(frames, dets, ratio_pads):
                 d = d.cpu()
@@ -92,7 +96,11 @@ class Detector:
                 out.append((f, boxes.numpy(), d[:, 4].numpy(), d[:, 5].numpy()))
             t3 = time.perf_counter()
             n = len(frames)
-            speed = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
+            speed = {
+                "preprocess": (t1 - t0) * 1e3 / n,
+                "inference": (t2 - t1) * 1e3 / n,
+                "postprocess": (t3 - t2) * 1e3 / n,
+            }
             for f, boxes, scores, cls in out:
                 yield Results(boxes, scores, cls, self.names, f.image.shape[:2], f.path, f.frame, dict(speed), f.image)
 

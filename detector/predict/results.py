@@ -109,7 +109,9 @@ class Results:
                 q2 = (p1[0] + tw, p1[1] - th - 3 if top else p1[1] + th + 3)
                 cv2.rectangle(canvas, p1, q2, color, -1, cv2.LINE_AA)
                 org = (p1[0], p1[1] - 2 if top else p1[1] + th + 2)
-                cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), max(lw - 1, 1), cv2.LINE_AA)
+                cv2.putText(
+                    canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), max(lw - 1, 1), cv2.LINE_AA
+                )
         return canvas
 
     def save(self, path: str | Path) -> Path:

@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detector.data.image_io import ImageReadError
+from detector.data.image_io import read_image as read_rgb
 from detector.errors import DetectorError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
@@ -34,20 +36,17 @@ class Frame:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 BGR (EXIF orientation applied, gray/RGBA/16-bit converted).
+    """Decode an image file to uint8 BGR as displayed (the data pipeline's reader, which returns RGB).
 
     Raises ``DetectorError`` naming the file when it cannot be decoded.
     """
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise DetectorError(f"{p}: empty file (0 bytes)")
     try:
-        data = np.fromfile(str(p), dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread on Windows
-    except OSError as e:
-        raise DetectorError(f"{p}: cannot read file ({e.strerror})") from None
-    # IMREAD_COLOR applies EXIF orientation and converts gray, RGBA and 16-bit images to 8-bit BGR.
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise DetectorError(f"{p}: not a readable image (empty, truncated or unknown format)")
-    return img
+        return cv2.cvtColor(read_rgb(p), cv2.COLOR_RGB2BGR)
+    except ImageReadError as e:
+        raise DetectorError(f"{path}: {e}") from None
 
 
 def to_bgr8(img: np.ndarray) -> np.ndarray:
