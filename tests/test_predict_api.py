@@ -133,7 +133,7 @@ def _write_video(path: Path, frames: int, size=(96, 128)) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (size[1], size[0]))
     rng = np.random.default_rng(0)
     base = cv2.resize(cv2.imread(str(IMAGES[0])), (size[1], size[0]))
-    for i in range(frames):
+    for _ in range(frames):
         writer.write(np.clip(base.astype(int) + rng.integers(-5, 5, base.shape), 0, 255).astype(np.uint8))
     writer.release()
 
