@@ -14,7 +14,7 @@ from detector.errors import DetectorError
 MODES: dict[str, tuple[str, str]] = {
     "train": ("detector.engine.trainer:cli_train", "train a model: detector train CONFIG key=value ..."),
     "val": ("detector.engine.validator:cli_val", "evaluate a checkpoint: detector val model=CKPT data=DATA"),
-    "predict": ("detector.engine.predictor:cli_predict", "run a model on images/videos: model=... source=..."),
+    "predict": ("detector.predict.cli:cli_predict", "run a model on images/videos: model=... source=..."),
     "export": ("detector.export:cli_export", "export to ONNX / TensorRT: model=... format=onnx|engine"),
     "benchmark": ("detector.benchmark:cli_benchmark", "latency and throughput per backend and batch size"),
     "info": ("detector.info:cli_info", "layer table, params and GFLOPs: detector info MODEL [imgsz=640] [--json]"),

@@ -1,0 +1,1 @@
+"""Inference on images and videos: sources, backends, ``Detector`` and ``Results``."""

@@ -1,0 +1,117 @@
+"""``detector predict model=... source=... [save=True] [save_txt=True] [save_json=True] ...``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from detector.config import ConfigError, load
+from detector.predict.detector import Detector
+from detector.predict.results import Results
+from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_count
+
+
+@dataclass
+class PredictConfig:
+    """Command-line settings of ``detector predict`` (every key is ``key=value``)."""
+
+    model: str = ""
+    source: str = ""
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    max_det: int = 300
+    classes: list[int] | None = None
+    agnostic: bool = False
+    batch: int = 1
+    device: str | None = None
+    half: bool = False
+    save: bool = True  # annotated images / videos
+    save_txt: bool = False  # YOLO txt labels (with confidence) per image
+    save_json: bool = False  # predictions.json with every image's detections
+    project: str = "runs/predict"
+    name: str = "exp"
+    exist_ok: bool = False
+    verbose: bool = True
+
+
+def _expected_frames(source: str) -> int | None:
+    """How many frames a path source holds (for the progress bar); None when unknown."""
+    try:
+        paths = expand_paths(source)
+    except Exception:  # noqa: BLE001 - the Detector reports a bad source with a proper message
+        return None
+    return sum(video_frame_count(p) if p.suffix.lower() in VIDEO_SUFFIXES else 1 for p in paths)
+
+
+class _Writer:
+    """Writes what ``predict`` was asked to save into one run directory."""
+
+    def __init__(self, cfg: PredictConfig, out_dir: Path) -> None:
+        self.cfg, self.dir = cfg, out_dir
+        self.videos: dict[str, cv2.VideoWriter] = {}
+        self.records: list[dict] = []
+
+    def add(self, r: Results) -> None:
+        stem = Path(r.path).stem if r.path else f"image{len(self.records)}"
+        if self.cfg.save:
+            if r.frame is None:
+                r.save(self.dir / f"{stem}.jpg")
+            else:
+                self._video(r, stem).write(r.plot())
+        if self.cfg.save_txt:
+            label = self.dir / "labels" / (f"{stem}.txt" if r.frame is None else f"{stem}_{r.frame}.txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("".join(line + "\n" for line in r.to_txt(with_conf=True)))
+        if self.cfg.save_json:
+            self.records.append(r.to_dict())
+
+    def _video(self, r: Results, stem: str) -> cv2.VideoWriter:
+        if r.path not in self.videos:
+            cap = cv2.VideoCapture(r.path)
+            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            cap.release()
+            h, w = r.orig_shape
+            self.videos[r.path] = cv2.VideoWriter(
+                str(self.dir / f"{stem}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h)
+            )
+        return self.videos[r.path]
+
+    def close(self) -> None:
+        for v in self.videos.values():
+            v.release()
+        if self.cfg.save_json:
+            (self.dir / "predictions.json").write_text(json.dumps(self.records))
+
+
+def cli_predict(argv: list[str]) -> int:
+    """Run ``detector predict``; returns the exit status."""
+    from detector.engine.runs import increment_run_dir
+
+    cfg = load(PredictConfig, [], argv)
+    if not cfg.model or not cfg.source:
+        raise ConfigError("detector predict: give model=CKPT_OR_NAME and source=PATH (file, directory, glob or video)")
+    det = Detector(cfg.model, device=cfg.device, half=cfg.half)
+    out_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+    writer = _Writer(cfg, out_dir)
+    total = _expected_frames(cfg.source)
+    stream = det.predict(
+        cfg.source, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, max_det=cfg.max_det, classes=cfg.classes,
+        batch=cfg.batch, stream=True, agnostic=cfg.agnostic,
+    )  # fmt: skip
+    n = dets = 0
+    try:
+        for r in tqdm(stream, total=total, unit="img", disable=not cfg.verbose or (total or 0) <= 1):
+            writer.add(r)
+            n += 1
+            dets += len(r)
+    finally:
+        writer.close()
+    print(f"{n} image(s)/frame(s), {dets} detection(s); skipped {len(det.skipped)}; results in {out_dir}")
+    for path, reason in det.skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
