@@ -10,6 +10,7 @@ from _engine_kit import bccd_subset, tiny_config
 
 from detector.engine.trainer import Trainer
 from detector.model import build_model
+from detector.nn.classify import Classify
 from detector.zoo import model_names
 
 
@@ -19,6 +20,8 @@ def smallest_model_per_family() -> dict[str, str]:
     for name in model_names():
         with torch.device("meta"):
             model = build_model(name, nc=3)
+        if isinstance(model.main_head, Classify):
+            continue  # ImageNet classifier forms exist to check backbone sizes; they are not detectors
         family = type(model.main_head).__name__ + ("+PGI" if len(model.heads()) > 1 else "")
         size = sum(p.numel() for p in model.parameters())
         if family not in best or size < best[family][0]:
