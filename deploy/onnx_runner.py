@@ -50,6 +50,11 @@ class OnnxRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
+            if "EfficientNMS_TRT" in str(e):
+                raise DeployError(
+                    f"{self.path}: this graph ends in TensorRT's EfficientNMS_TRT plugin (nms=trt), which only "
+                    "TensorRT runs: build a TensorRT engine from it, or export with nms=onnx for ONNX Runtime"
+                ) from None
             raise DeployError(f"{self.path}: onnxruntime cannot load this model ({e})") from None
         self.providers = self.session.get_providers()
         inputs = self.session.get_inputs()

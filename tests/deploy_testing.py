@@ -52,7 +52,7 @@ def lively_model(name: str | dict, nc: int = 3, imgsz: int = 160, seed: int = 0)
     statistics (unit-scale activations); BN gains are then scaled by 0.85 so the network contracts (at 1.0 it
     is chaotic: float32 rounding grows to pixels, which no trained model does); finally each head's
     prediction convs are rescaled per channel so that class logits have mean -2, std 1.5 (scores ~0.01-0.97)
-    and box-bin logits std 1.5 (boxes of varied sizes).
+    and box-bin logits std 1 around a slope that favours near bins (boxes of a few strides, varied sizes).
     """
     torch.manual_seed(seed)
     model = build_model(name, nc=nc)
@@ -66,15 +66,15 @@ def lively_model(name: str | dict, nc: int = 3, imgsz: int = 160, seed: int = 0)
     for m, mom in zip(norms, momentum):
         m.momentum = mom
         m.weight.mul_(0.85)
-    targets = {}  # each head's prediction conv -> (target mean or None, target std)
+    targets = {}  # each head's prediction conv -> (target mean per channel, target std)
     for head in model.heads().values():
         for name, conv in head.named_modules():
             owner = head.get_submodule(name.rpartition(".")[0]) if "." in name else head
             if isinstance(conv, nn.Conv2d) and conv.bias is not None and not isinstance(owner, Block):
                 if conv.out_channels == head.nc:
-                    targets[conv] = (-2.0, 1.5)
-                elif conv.out_channels == 4 * head.bins:
-                    targets[conv] = (None, 1.5)
+                    targets[conv] = (torch.full((head.nc,), -2.0), 1.5)
+                elif conv.out_channels == 4 * head.bins:  # channel = side * bins + bin: favour near bins
+                    targets[conv] = (-0.4 * (torch.arange(4 * head.bins) % head.bins), 1.0)
     stats = {}
     hooks = [
         c.register_forward_hook(lambda c, i, o: stats.__setitem__(c, (o.mean((0, 2, 3)), o.std((0, 2, 3)))))
@@ -89,7 +89,20 @@ def lively_model(name: str | dict, nc: int = 3, imgsz: int = 160, seed: int = 0)
         mean, std = stats[conv]
         k = std_t / std.clamp_min(1e-6)
         conv.weight.mul_(k.view(-1, 1, 1, 1))
-        conv.bias.mul_(k)
-        if mean_t is not None:
-            conv.bias.add_(mean_t - mean * k)
+        conv.bias.mul_(k).add_(mean_t - mean * k)
     return model
+
+
+def assert_same_detections(got: np.ndarray, ref: np.ndarray, box_atol: float = 1e-3) -> None:
+    """``(n, 6)`` rows ``[x1, y1, x2, y2, score, cls]``: the same (class, box) pairs matched one to one whatever
+    their order (near-equal scores may swap), boxes equal within ``box_atol`` px, scores within 1e-4."""
+    assert len(got) == len(ref)
+    unmatched = list(range(len(got)))
+    for det in ref:
+        cands = [j for j in unmatched if got[j, 5] == det[5]]
+        dist = [np.abs(got[j, :4] - det[:4]).max() for j in cands]
+        assert cands, f"no detection of class {det[5]} left for {det}"
+        j = cands[int(np.argmin(dist))]
+        np.testing.assert_allclose(got[j, :4], det[:4], rtol=1e-4, atol=box_atol)
+        np.testing.assert_allclose(got[j, 4], det[4], atol=1e-4)
+        unmatched.remove(j)
