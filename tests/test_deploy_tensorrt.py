@@ -114,6 +114,34 @@ def test_missing_cuda_bindings_say_what_to_install(monkeypatch, tmp_path):
         TensorRTRunner(engine)
 
 
+@pytest.mark.parametrize("major", [10, 11])
+def test_export_engine_writes_engine_onnx_and_sidecar(monkeypatch, tmp_path, major):
+    from deploy_testing import tiny_model
+
+    from detector.export import export
+
+    trt = install_trt(monkeypatch, major)
+    trt.network_layer_dtypes = ["HALF"]  # the fp16 ONNX parses into half layers
+    path = export(
+        tiny_model(),
+        format="engine",
+        imgsz=64,
+        batch=8,
+        dynamic=True,
+        half=True,
+        workspace=1,
+        out=tmp_path / "tiny.engine",
+    )
+    assert path == tmp_path / "tiny.engine" and path.read_bytes() == b"serialized-engine"
+    onnx_model = load_runner(tmp_path / "tiny.onnx", device="cpu")  # the fp16 ONNX stays beside the engine
+    assert onnx_model.metadata.precision == "fp16"
+    meta = ModelMetadata.read_json(sidecar_path(path))
+    assert meta == onnx_model.metadata and meta.names == {0: "RBC", 1: "WBC", 2: "Platelets"}
+    cfg = trt.last_config
+    assert cfg.flags == ({"fp16"} if major == 10 else set()) and cfg.pools == {"workspace": 1 << 30}
+    assert cfg.profiles[0].shapes["images"] == ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
+
+
 # ------------------------------------------------------------------------------------------------ runner -----
 
 

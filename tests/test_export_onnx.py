@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from deploy_testing import bccd_images, family_models, lively_model
+from deploy_testing import bccd_images, family_models, lively_model, tiny_model
 
 from deploy import load_runner
 from deploy.errors import DeployError
@@ -19,21 +19,8 @@ from detector import __version__
 from detector.checkpoint import save_checkpoint
 from detector.config import ConfigError
 from detector.export import cli_export, export
-from detector.model import build_model
 
 IMGSZ = 128
-TINY = {
-    "name": "tiny",
-    "nc": 3,
-    "backbone": [
-        {"Conv": {"out": 8, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2, "tag": "B3"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B4"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B5"}},
-    ],
-    "head": [{"DDetect": {"from": ["B3", "B4", "B5"]}}],
-}
 
 
 def assert_same_predictions(got: np.ndarray, ref: np.ndarray) -> None:
@@ -69,13 +56,6 @@ def test_onnx_equals_torch_on_real_images_dynamic_batch(family_export):
         assert got.shape == ref.shape == (batch, 4 + model.nc, anchors)
         assert_same_predictions(got, ref)
         assert ref[:, 4:].std() > 0.05  # a real test: scores vary across anchors and images
-
-
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(TINY)
-    model.names = {0: "RBC", 1: "WBC", 2: "Platelets"}
-    return model.eval()
 
 
 def test_static_batch_is_enforced(tmp_path):
