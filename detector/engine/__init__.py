@@ -1,0 +1,1 @@
+"""Training, validation and prediction engine."""

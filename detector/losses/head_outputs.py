@@ -1,0 +1,78 @@
+"""A head's raw per-level maps flattened into per-anchor predictions, with anchor points and strides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detector.nn.heads import dist2bbox, make_anchors
+
+
+@dataclass
+class HeadOutputs:
+    """Raw predictions of one head for a batch, anchor-major, in float32.
+
+    ``dist_logits (Tensor[B, A, 4, bins])`` ltrb distance-bin logits, ``cls_logits (Tensor[B, A, nc])``,
+    ``points (Tensor[A, 2])`` anchor centres in grid units of their level, ``strides (Tensor[A, 1])``.
+    """
+
+    dist_logits: Tensor
+    cls_logits: Tensor
+    points: Tensor
+    strides: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.cls_logits.shape[0]
+
+    @property
+    def points_px(self) -> Tensor:
+        """Anchor centres in input pixels, ``Tensor[A, 2]``."""
+        return self.points * self.strides
+
+    def distances(self) -> Tensor:
+        """Expected ltrb distance in stride units (softmax over bins, then the mean bin), ``Tensor[B, A, 4]``."""
+        bins = self.dist_logits.shape[-1]
+        project = torch.arange(bins, device=self.dist_logits.device, dtype=self.dist_logits.dtype)
+        return self.dist_logits.softmax(-1) @ project
+
+    def boxes_grid(self) -> Tensor:
+        """Decoded xyxy boxes in grid units of each anchor's level, ``Tensor[B, A, 4]``."""
+        return dist2bbox(self.distances(), self.points)
+
+
+class HeadOutputReader:
+    """Splits raw maps ``[(B, 4 * bins + nc, H_i, W_i)]`` of ``head`` (attributes ``nc``, ``bins``, ``strides``,
+    ``anchor_offset``) into ``HeadOutputs``; anchors are cached while the map sizes stay the same."""
+
+    def __init__(self, head: Any) -> None:
+        self.nc = int(head.nc)
+        self.bins = int(head.bins)
+        self.strides = [float(s) for s in head.strides]
+        self.anchor_offset = float(head.anchor_offset)
+        self._cache: tuple[tuple, Tensor, Tensor] | None = None
+
+    def _anchors(self, shapes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (tuple(shapes), device)
+        if self._cache is None or self._cache[0] != key:
+            points, strides = make_anchors(shapes, self.strides, self.anchor_offset, device, torch.float32)
+            self._cache = (key, points, strides)
+        return self._cache[1], self._cache[2]
+
+    def __call__(self, maps: list[Tensor]) -> HeadOutputs:
+        channels = 4 * self.bins + self.nc
+        if len(maps) != len(self.strides):
+            raise ValueError(f"loss got {len(maps)} maps for a head with {len(self.strides)} strides")
+        for m in maps:
+            if m.dim() != 4 or m.shape[1] != channels:
+                raise ValueError(
+                    f"raw map of shape {tuple(m.shape)} does not match (B, 4 * {self.bins} + {self.nc}, H, W)"
+                )
+        b = maps[0].shape[0]
+        flat = torch.cat([m.reshape(b, channels, -1) for m in maps], 2).float().transpose(1, 2)  # (B, A, C)
+        dist, cls = flat.split((4 * self.bins, self.nc), -1)
+        points, strides = self._anchors([tuple(m.shape[2:]) for m in maps], maps[0].device)
+        return HeadOutputs(dist.reshape(b, -1, 4, self.bins), cls, points, strides)

@@ -1,0 +1,77 @@
+"""The "tal" detection loss (GELAN / YOLOv9 DDetect): task-aligned assignment, BCE, CIoU and DFL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detector.losses.box_iou import aligned_ciou
+from detector.losses.dfl import dfl_targets, distribution_focal_loss
+from detector.losses.head_outputs import HeadOutputReader
+from detector.losses.loss_config import resolve_loss_config
+from detector.losses.targets import pad_targets
+from detector.losses.task_aligned_assigner import TaskAlignedAssigner
+from detector.registry import LOSSES
+
+
+@dataclass
+class LossConfig:
+    """Hyper-parameters of the "tal" loss: part gains and the assigner's top-k and exponents."""
+
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    topk: int = 10
+    alpha: float = 0.5
+    beta: float = 6.0
+
+
+@LOSSES.register("tal")
+class TaskAlignedLoss:
+    """``loss(maps, batch) -> (loss, items)`` for heads with the shared raw layout (see ``detector.nn.block.Head``).
+
+    Normalisation: every part is divided by the sum of the soft class targets (at least 1). ``loss`` is
+    ``(box + cls + dfl) * batch_size`` after gains; ``items`` the detached gained parts in ``names`` order.
+    """
+
+    names = ("box", "cls", "dfl")
+    config_class = LossConfig
+
+    def __init__(self, head: Any, cfg: LossConfig | Mapping | None = None) -> None:
+        self.cfg = resolve_loss_config(cfg, LossConfig, "tal")
+        self.nc = int(head.nc)
+        self.bins = int(head.bins)
+        self.read = HeadOutputReader(head)
+        self.assigner = TaskAlignedAssigner(self.nc, self.cfg.topk, self.cfg.alpha, self.cfg.beta)
+
+    def __call__(self, maps: list[Tensor], batch: Mapping) -> tuple[Tensor, Tensor]:
+        out = self.read(maps)
+        b = out.batch_size
+        gt = pad_targets(batch, b, self.nc, out.cls_logits.device)
+        pred_grid = out.boxes_grid()  # (B, A, 4) grid units
+        assignment = self.assigner(
+            out.cls_logits.detach().sigmoid(), (pred_grid * out.strides).detach(), out.points_px, gt
+        )
+        target_scores = assignment.target_scores
+        score_sum = target_scores.sum().clamp(min=1.0)
+
+        cls_loss = F.binary_cross_entropy_with_logits(out.cls_logits, target_scores, reduction="sum") / score_sum
+
+        fg = assignment.fg_mask
+        weight = target_scores.sum(-1)[fg]  # (P,)
+        strides = out.strides.expand(b, -1, -1)[fg]  # (P, 1)
+        target_grid = assignment.target_boxes[fg] / strides
+        ciou = aligned_ciou(pred_grid[fg], target_grid)
+        box_loss = ((1.0 - ciou) * weight).sum() / score_sum
+
+        points = out.points.expand(b, -1, -1)[fg]
+        dfl = distribution_focal_loss(out.dist_logits[fg], dfl_targets(points, target_grid, self.bins))
+        dfl_loss = (dfl * weight).sum() / score_sum
+
+        parts = torch.stack((box_loss * self.cfg.box, cls_loss * self.cfg.cls, dfl_loss * self.cfg.dfl))
+        return parts.sum() * b, parts.detach()
