@@ -1,0 +1,185 @@
+"""Training augmentation: ``AugmentConfig`` and the per-sample pipeline that applies it.
+
+Order: mosaic (or letterbox) -> one random warp -> mixup -> drop boxes that became too small -> photometric
+extras (albumentations: blur, median blur, gray, CLAHE, each with a small probability) -> HSV jitter -> flips.
+
+Geometry is hand-written with OpenCV because it measured much faster than the albumentations equivalent:
+with BCCD images at 640 on one core, albumentations ``Mosaic(target 2S) + Affine + CenterCrop`` ran at
+35 img/s against 76 img/s for ``mosaic4`` + one ``warpAffine`` from the 2S canvas straight to S x S (the
+albumentations version must warp the full 2S canvas). Photometric extras come from albumentations.
+
+Every random draw comes from the ``numpy.random.Generator`` passed in, so a sample is a pure function of
+``(seed, epoch, index)`` whatever worker computes it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from detector.config import ConfigError
+from detector.data.geometry import warp, warp_matrix
+from detector.data.letterbox import letterbox
+from detector.data.mosaic import mixup, mosaic4
+from detector.data.targets import Targets
+
+Loader = Callable[[int], tuple[np.ndarray, Targets]]
+"""``load(index) -> (image resized to the training size, its targets)``."""
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation settings (defaults: the YOLOv9 recipe for small models).
+
+    Probabilities are in 0..1; ``hsv_*`` are gains (fractions); ``degrees``/``shear`` maximum angles;
+    ``translate`` a fraction of the image size; ``scale`` 0.5 draws zoom factors in [0.5, 1.5];
+    ``close_mosaic`` turns mosaic and mixup off for that many final epochs. ``min_box_size`` (px) and
+    ``min_box_area`` (visible fraction) drop boxes that augmentation made degenerate.
+    """
+
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    shear: float = 0.0
+    perspective: float = 0.0
+    fliplr: float = 0.5
+    flipud: float = 0.0
+    mosaic: float = 1.0
+    mixup: float = 0.0
+    close_mosaic: int = 15
+    blur: float = 0.01
+    median_blur: float = 0.01
+    to_gray: float = 0.01
+    clahe: float = 0.01
+    min_box_size: float = 2.0
+    min_box_area: float = 0.1
+
+    def __post_init__(self) -> None:
+        probs = ("fliplr", "flipud", "mosaic", "mixup", "blur", "median_blur", "to_gray", "clahe", "min_box_area")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v < 0 or (f.name in probs and v > 1) or (f.name in ("translate", "scale") and v >= 1):
+                bound = "0..1" if f.name in probs else "0..<1" if f.name in ("translate", "scale") else ">= 0"
+                raise ConfigError(f"augment: {f.name} must be {bound}, got {v}")
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """No augmentation at all (training samples are only letterboxed)."""
+        return cls(**{f.name: 0 for f in fields(cls) if f.name not in ("min_box_size", "min_box_area")})
+
+
+class TrainAugment:
+    """The training pipeline of the module docstring, for output size ``imgsz`` (square) or a given shape."""
+
+    def __init__(self, cfg: AugmentConfig, imgsz: int) -> None:
+        self.cfg = cfg
+        self.imgsz = imgsz
+        self.extras = [
+            (p, t)
+            for p, t in (
+                (cfg.blur, A.Blur(blur_limit=(3, 7), p=1.0)),
+                (cfg.median_blur, A.MedianBlur(blur_limit=(3, 7), p=1.0)),
+                (cfg.to_gray, A.ToGray(p=1.0)),
+                (cfg.clahe, A.CLAHE(clip_limit=(1, 4), p=1.0)),
+            )
+            if p > 0
+        ]
+
+    def __call__(
+        self,
+        load: Loader,
+        index: int,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        mosaic: bool = True,
+        shape: tuple[int, int] | None = None,
+    ) -> tuple[np.ndarray, Targets]:
+        """One augmented ``(img (ndarray[H, W, 3]) uint8 RGB, targets)`` for dataset item ``index`` of ``n``.
+
+        ``mosaic`` False (closed for the last epochs, or rectangular training) turns mosaic and mixup off;
+        ``shape`` ``(h, w)`` overrides the square output (rectangular training batches).
+        """
+        cfg = self.cfg
+        out_shape = shape or (self.imgsz, self.imgsz)
+        img, t = self._geometric(load, index, n, rng, mosaic and out_shape[0] == out_shape[1], out_shape)
+        if mosaic and cfg.mixup > 0 and rng.random() < cfg.mixup:
+            other = self._geometric(load, int(rng.integers(n)), n, rng, True, out_shape)
+            img, t = mixup((img, t), other, rng)
+        for p, transform in self.extras:
+            if rng.random() < p:
+                transform.set_random_state(rng, random.Random(int(rng.integers(2**31))))
+                img = transform(image=img)["image"]
+        hsv_jitter(img, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, rng)
+        if rng.random() < cfg.fliplr:
+            img, t = flip_lr(img, t)
+        if rng.random() < cfg.flipud:
+            img, t = flip_ud(img, t)
+        return img, t
+
+    def _geometric(
+        self, load: Loader, index: int, n: int, rng: np.random.Generator, mosaic: bool, out_shape: tuple[int, int]
+    ) -> tuple[np.ndarray, Targets]:
+        cfg = self.cfg
+        if mosaic and cfg.mosaic > 0 and rng.random() < cfg.mosaic:
+            parts = [load(index)] + [load(int(j)) for j in rng.integers(n, size=3)]
+            img, t = mosaic4(parts, self.imgsz, rng)
+        else:
+            img, t = letterbox_sample(*load(index), out_shape)
+        h, w = img.shape[:2]
+        m = warp_matrix(
+            (w / 2, h / 2),
+            out_shape,
+            rng,
+            degrees=cfg.degrees,
+            translate=cfg.translate,
+            scale=cfg.scale,
+            shear=cfg.shear,
+            perspective=cfg.perspective,
+        )
+        img, t = warp(img, t, m, out_shape)
+        return img, t.usable(cfg.min_box_size, cfg.min_box_area)
+
+
+def letterbox_sample(img: np.ndarray, t: Targets, shape: tuple[int, int]) -> tuple[np.ndarray, Targets]:
+    """Letterbox ``img`` into ``shape`` ``(h, w)`` and move its boxes with it."""
+    out, r, (pw, ph) = letterbox(img, shape, auto=False, scaleup=True)
+    return out, t.scaled(r, r, pw, ph)
+
+
+def hsv_jitter(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> None:
+    """Random hue/saturation/value gains on ``img (ndarray[H, W, 3])`` RGB uint8, in place, via lookup tables."""
+    if not (hgain or sgain or vgain):
+        return
+    r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
+    x = np.arange(256, dtype=np.float32)
+    lut = np.empty((256, 1, 3), dtype=np.uint8)  # one table per channel, applied in a single pass
+    lut[:, 0, 0] = (x * r[0]) % 180  # OpenCV's 8-bit hue runs 0..179
+    lut[:, 0, 1] = np.clip(x * r[1], 0, 255)
+    lut[:, 0, 2] = np.clip(x * r[2], 0, 255)
+    hsv = cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut)
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
+
+
+def flip_lr(img: np.ndarray, t: Targets) -> tuple[np.ndarray, Targets]:
+    """Mirror left-right; ``x -> w - x`` for the boxes."""
+    w = img.shape[1]
+    b = t.boxes.copy()
+    b[:, [0, 2]] = w - t.boxes[:, [2, 0]]
+    return cv2.flip(img, 1), Targets(t.cls, b, t.ref_area)
+
+
+def flip_ud(img: np.ndarray, t: Targets) -> tuple[np.ndarray, Targets]:
+    """Mirror top-bottom; ``y -> h - y`` for the boxes."""
+    h = img.shape[0]
+    b = t.boxes.copy()
+    b[:, [1, 3]] = h - t.boxes[:, [3, 1]]
+    return cv2.flip(img, 0), Targets(t.cls, b, t.ref_area)

@@ -1,0 +1,28 @@
+"""Samples -> the batch dict of ``docs/interfaces.md`` (``img``, ``cls``, ``bboxes``, ``batch_idx``, ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples of one shape into a batch.
+
+    Returns ``img`` uint8 (B, 3, H, W); ``cls`` float (N,); ``bboxes`` float (N, 4) xyxy pixels of ``img``;
+    ``batch_idx`` long (N,) (which image each box belongs to); ``im_files``, ``ori_shapes``, ``ratio_pad``,
+    ``image_ids`` (lists, one entry per image); and ``problems`` (list of ``{file, problem}`` met while
+    loading, which the loader removes before handing the batch out).
+    """
+    counts = [len(s["cls"]) for s in samples]
+    return {
+        "img": torch.from_numpy(np.stack([s["img"] for s in samples])),
+        "cls": torch.from_numpy(np.concatenate([s["cls"] for s in samples]).astype(np.float32)),
+        "bboxes": torch.from_numpy(np.concatenate([s["bboxes"] for s in samples]).astype(np.float32).reshape(-1, 4)),
+        "batch_idx": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
+        "im_files": [s["im_file"] for s in samples],
+        "ori_shapes": [tuple(s["ori_shape"]) for s in samples],
+        "ratio_pad": [s["ratio_pad"] for s in samples],
+        "image_ids": [s["image_id"] for s in samples],
+        "problems": [p for s in samples for p in s["problems"]],
+    }

@@ -1,0 +1,76 @@
+"""The internal label table: one ``ImageLabels`` per image, whatever format the dataset came in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import numpy as np
+
+
+class Problem(TypedDict):
+    """One thing wrong with the data: the file it is in and what is wrong, in words."""
+
+    file: str
+    problem: str
+
+
+def problem(file: object, text: str) -> Problem:
+    return {"file": str(file), "problem": text}
+
+
+@dataclass
+class ImageLabels:
+    """Labels of one image, in pixels of the image as displayed (after its EXIF orientation).
+
+    Attributes:
+        file: image path.
+        shape: ``(h, w)`` as displayed.
+        cls (ndarray[N] int64): class indices into the dataset's ``names``.
+        boxes (ndarray[N, 4] float32): ``(x1, y1, x2, y2)`` pixels, clipped to the image, non-degenerate.
+        image_id: COCO image id for COCO data, else the file stem.
+        label_file: where the labels came from (YOLO txt, VOC XML, COCO JSON), or None.
+    """
+
+    file: str
+    shape: tuple[int, int]
+    cls: np.ndarray
+    boxes: np.ndarray
+    image_id: int | str
+    label_file: str | None = None
+
+    def __post_init__(self) -> None:
+        self.cls = np.asarray(self.cls, dtype=np.int64).reshape(-1)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        if len(self.cls) != len(self.boxes):
+            raise ValueError(f"{self.file}: {len(self.cls)} classes for {len(self.boxes)} boxes")
+
+
+@dataclass
+class LabelSet:
+    """Every usable image of one split, the class names, and the problems found while reading it.
+
+    ``category_ids[i]`` is the id class ``i`` had in the source (COCO category id; ``i`` for YOLO/VOC), so
+    predictions can be written back in the source's numbering.
+    """
+
+    names: list[str]
+    images: list[ImageLabels]
+    problems: list[Problem] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    root: str = ""
+    format: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.category_ids:
+            self.category_ids = list(range(len(self.names)))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def instances_per_class(self) -> np.ndarray:
+        """(nc,) int64: number of boxes of each class."""
+        counts = np.zeros(len(self.names), dtype=np.int64)
+        for im in self.images:
+            np.add.at(counts, im.cls, 1)
+        return counts

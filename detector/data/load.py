@@ -1,0 +1,55 @@
+"""``load_split(data, split)``: any supported dataset -> one validated ``LabelSet``, read once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from detector.data import validate
+from detector.data.cache import cache_files, fingerprint, load_labels_cache, save_labels_cache
+from detector.data.formats import get_format, thread_map
+from detector.data.image_io import MIN_SIDE
+from detector.data.labels import LabelSet
+from detector.data.spec import DatasetSpec, resolve_dataset
+from detector.data.validate import validate_record
+from detector.errors import DetectorError
+
+LOG = logging.getLogger("detector.data")
+
+
+def load_split(data: str | Path | dict | DatasetSpec, split: str, *, cache: bool = True) -> LabelSet:
+    """Read, validate and cache split ``split`` of ``data`` (YAML file, mapping, VOC folder or config name).
+
+    Images that cannot be used are left out and reported in ``.problems`` (a list of ``{file, problem}``);
+    a split without a single usable image raises ``DetectorError``.
+    """
+    spec = resolve_dataset(data)
+    fmt = get_format(spec.format)
+    sources = fmt.sources(spec, split)
+    rules = [validate.CLIP_TOLERANCE, validate.MIN_SIZE, validate.DUPLICATE_IOU, MIN_SIDE]
+    digest = fingerprint(sources, extra=[spec.format, spec.names, spec.entry(split), rules])
+    files = cache_files(spec.root, f"{spec.format}-{split}-{_entry_tag(spec.entry(split))}")
+    if cache and (hit := load_labels_cache(files, digest)) is not None:
+        return hit
+    names, category_ids = fmt.names(spec)
+    records, problems = fmt.records(spec, split, names)
+    results = thread_map(lambda r: validate_record(r, names), records)
+    images = []
+    for labels, found in results:
+        problems += found
+        if labels is not None:
+            images.append(labels)
+    out = LabelSet(names, images, problems, category_ids, root=str(spec.root), format=spec.format)
+    if not images:
+        detail = f"; first problem: {problems[0]['file']}: {problems[0]['problem']}" if problems else ""
+        raise DetectorError(
+            f"{spec.source}: split {split!r} has no usable images ({len(records)} listed, {len(problems)} problems){detail}"
+        )
+    if cache and save_labels_cache(files, digest, out) is None:
+        LOG.warning("could not write a label cache for %s split %r (tried %s)", spec.source, split, files)
+    return out
+
+
+def _entry_tag(entry: object) -> str:
+    return hashlib.sha1(repr(entry).encode()).hexdigest()[:8]

@@ -1,0 +1,114 @@
+"""``build_dataloader``: the one call the engine makes to get batches of a split."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from detector.config import ConfigError, build
+from detector.data.augment import AugmentConfig
+from detector.data.collate import collate
+from detector.data.dataset import DetectionDataset
+from detector.data.load import load_split
+from detector.data.samplers import EpochSampler, RectBatchSampler
+from detector.data.spec import DatasetSpec
+
+LOG = logging.getLogger("detector.data")
+
+
+class DetectionLoader(DataLoader):
+    """A ``DataLoader`` that moves load-time problems out of each batch into ``dataset.problems`` (and the log)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            for p in batch.pop("problems", []):
+                LOG.warning("%s: %s", p["file"], p["problem"])
+                self.dataset.problems.append(p)
+            yield batch
+
+
+def build_dataloader(
+    data: str | Path | dict | DatasetSpec,
+    split: str,
+    *,
+    imgsz: int,
+    batch: int,
+    augment: AugmentConfig | dict | None = None,
+    workers: int = 2,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    rank: int = -1,
+    world_size: int = 1,
+    cache: str | None = None,
+    rect: bool | None = None,
+) -> tuple[DataLoader, DetectionDataset]:
+    """Batches of split ``split`` of ``data`` (dataset YAML, mapping, VOC folder or config name).
+
+    Args:
+        imgsz: square training size / longer side for validation (multiple of 32).
+        augment: training augmentation; None means validation samples (letterbox only, exact ``ratio_pad``).
+        workers: loader processes (0 = load in the calling process); persistent across epochs.
+        shuffle: default True for training, False for validation.
+        seed: same seed -> same batches (order and augmentation), whatever the number of workers.
+        rank, world_size: this process's share under DistributedDataParallel (rank -1 = not distributed).
+        cache: ``"ram"`` or ``"disk"`` to keep decoded resized images, or None.
+        rect: rectangular batches grouped by aspect ratio (default: True for validation, False for training).
+
+    Returns:
+        ``(loader, dataset)``; call ``dataset.set_epoch(epoch, total_epochs)`` at the start of each epoch
+        (order, augmentation draws, close-mosaic). ``dataset.names``, ``.labels``, ``.problems`` describe the data.
+    """
+    if isinstance(augment, dict):
+        augment = build(AugmentConfig, augment, "augment")
+    if cache not in (None, "ram", "disk"):
+        raise ConfigError(f"cache must be 'ram', 'disk' or None, got {cache!r}")
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    rect = augment is None if rect is None else rect
+    shuffle = augment is not None if shuffle is None else shuffle
+    rank = max(rank, 0)
+    labels = load_split(data, split)
+    dataset = DetectionDataset(labels, imgsz=imgsz, augment=augment, rect=rect, batch=batch, seed=seed, cache=cache)
+    workers = min(workers, os.cpu_count() or 1)
+    common = dict(
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_init_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if rect:
+        sampler = RectBatchSampler(
+            dataset.order,
+            batch,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            on_epoch=dataset._apply_epoch,
+        )
+        loader = DetectionLoader(dataset, batch_sampler=sampler, **common)
+    else:
+        sampler = EpochSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, on_epoch=dataset._apply_epoch
+        )
+        loader = DetectionLoader(dataset, batch_size=batch, sampler=sampler, drop_last=False, **common)
+    dataset.sampler = sampler
+    return loader, dataset
+
+
+def _init_worker(worker_id: int) -> None:
+    """Per worker: OpenCV single-threaded (the workers are the parallelism) and library RNGs seeded."""
+    cv2.setNumThreads(0)
+    cv2.ocl.setUseOpenCL(False)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
