@@ -20,13 +20,15 @@ CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
 
-def choose_providers(available: list[str], device: str) -> list[str]:
-    """Execution providers for ``device``: "auto" prefers CUDA when present, "cuda" requires it, "cpu" never."""
+def choose_providers(available: list[str], device: str) -> list:
+    """Execution providers for ``device``: "auto" prefers CUDA when present, "cuda"/"cuda:N" require it,
+    "cpu" never uses it."""
     if device == "cpu":
         return [CPU_EP]
     if device in ("auto", "cuda") or device.startswith("cuda:"):
         if CUDA_EP in available:
-            return [CUDA_EP, CPU_EP]
+            gpu = int(device.partition(":")[2] or 0)
+            return [(CUDA_EP, {"device_id": gpu}), CPU_EP]
         if device != "auto":
             raise DeployError(
                 f"device={device!r}: this onnxruntime has no CUDA provider (has {available}); "

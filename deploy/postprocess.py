@@ -10,8 +10,7 @@ import numpy as np
 
 from deploy.errors import DeployError
 
-MAX_WH = 7680  # class offset for batched NMS: larger than any image side, so classes never overlap
-MAX_NMS = 30000  # candidates kept (highest scores first) before NMS, which is quadratic
+MAX_CANDIDATES = 30000  # per image, best first, before NMS (which is quadratic): bounds time at tiny conf
 
 
 def box_iou_one(box: np.ndarray, boxes: np.ndarray, area: np.floating, areas: np.ndarray) -> np.ndarray:
@@ -42,58 +41,71 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float) -> np.ndarray:
 
 def non_max_suppression(
     pred: np.ndarray,
-    conf: float = 0.25,
+    conf: float = 0.001,
     iou: float = 0.7,
     max_det: int = 300,
-    multi_label: bool = False,
+    multi_label: bool = True,
     classes: list[int] | None = None,
     agnostic: bool = False,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> list[np.ndarray]:
     """Decoded model output ``pred (ndarray[B, 4 + nc, A])`` (xyxy pixels, class scores) -> per image
     ``(ndarray[n, 6])`` float32 ``[x1, y1, x2, y2, score, cls]``, best first, at most ``max_det``.
 
     Candidates are class scores > ``conf`` (every such class of a box with ``multi_label``, else its best
-    class); NMS is per class unless ``agnostic``; ``classes`` keeps only those class ids.
+    class), at most ``max_candidates`` per image (the best); NMS is per class unless ``agnostic``; ``classes``
+    keeps only those class ids. Defaults as in ``detector.engine.postprocess``.
     """
     if pred.ndim != 3 or pred.shape[1] < 5:
         raise DeployError(f"non_max_suppression: expected (B, 4 + nc, A) predictions, got shape {pred.shape}")
     out = []
     for p in pred:
         boxes, scores = p[:4].T, p[4:].T  # (A, 4), (A, nc)
-        if multi_label:
-            a_idx, c_idx = np.nonzero(scores > conf)
-            score, cls = scores[a_idx, c_idx], c_idx
-        else:
-            cls = scores.argmax(1)
-            score = scores[np.arange(len(scores)), cls]
-            a_idx = np.nonzero(score > conf)[0]
-            score, cls = score[a_idx], cls[a_idx]
-        box = boxes[a_idx]
         if classes is not None:
-            sel = np.isin(cls, np.asarray(classes))
-            box, score, cls = box[sel], score[sel], cls[sel]
-        if len(score) > MAX_NMS:
-            top = np.argsort(-score, kind="stable")[:MAX_NMS]
-            box, score, cls = box[top], score[top], cls[top]
-        offset = 0.0 if agnostic else cls[:, None].astype(box.dtype) * MAX_WH
-        keep = nms(box + offset, score, iou)[:max_det]
+            scores = scores * np.isin(np.arange(scores.shape[1]), np.asarray(classes))
+        if multi_label:
+            a_idx, cls = np.nonzero(scores > conf)
+            score = scores[a_idx, cls]
+        else:
+            best = scores.argmax(1)
+            a_idx = np.nonzero(scores[np.arange(len(scores)), best] > conf)[0]
+            cls = best[a_idx]
+            score = scores[a_idx, cls]
+        if len(score) > max_candidates:
+            top = np.argsort(-score, kind="stable")[:max_candidates]
+            a_idx, cls, score = a_idx[top], cls[top], score[top]
+        box = boxes[a_idx]
+        keep = batched_nms(box, score, np.zeros_like(cls) if agnostic else cls, iou)[:max_det]
         det = np.concatenate([box[keep], score[keep, None], cls[keep, None].astype(box.dtype)], 1)
         out.append(det.astype(np.float32, copy=False).reshape(-1, 6))
     return out
 
 
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_thres: float) -> np.ndarray:
+    """``nms`` within each group (class) separately; kept indices of all groups, highest score first.
+
+    One pass per class on the untouched coordinates: the "offset boxes by class" trick would add large
+    offsets that cost float32 precision in the IoU.
+    """
+    kept = [
+        np.nonzero(groups == g)[0][nms(boxes[groups == g], scores[groups == g], iou_thres)] for g in np.unique(groups)
+    ]
+    keep = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
 def scale_boxes(
-    boxes: np.ndarray, ratio_pad: tuple[float, tuple[float, float]], ori_shape: tuple[int, int]
+    boxes: np.ndarray, ratio_pad: tuple[float | tuple[float, float], tuple[float, float]], ori_shape: tuple[int, int]
 ) -> np.ndarray:
     """xyxy ``boxes (ndarray[N, 4])`` in letterboxed pixels -> original pixels, clipped to ``ori_shape`` (h, w).
 
-    ``ratio_pad = (ratio, (padw, padh))`` as returned by ``preprocess.letterbox``.
+    ``ratio_pad = (ratio, (padw, padh))`` as returned by ``preprocess.letterbox``; ``ratio`` may be ``(rw, rh)``.
     """
     ratio, (padw, padh) = ratio_pad
+    rw, rh = (ratio, ratio) if isinstance(ratio, (int, float)) else (float(ratio[0]), float(ratio[1]))
     out = boxes.astype(np.float32, copy=True)
-    out[:, [0, 2]] -= padw
-    out[:, [1, 3]] -= padh
-    out /= ratio
+    out[:, [0, 2]] = (out[:, [0, 2]] - padw) / rw
+    out[:, [1, 3]] = (out[:, [1, 3]] - padh) / rh
     h, w = ori_shape
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)

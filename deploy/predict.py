@@ -41,12 +41,13 @@ def predict(
     max_det: int = 300,
     classes: list[int] | None = None,
     agnostic: bool = False,
-    multi_label: bool = False,
+    multi_label: bool = True,
     chunk: int | None = None,
 ) -> list[Detections]:
     """Detect objects in BGR ``uint8 (H, W, 3)`` image(s); one ``Detections`` per image, in order.
 
-    Graphs without NMS get numpy NMS with these thresholds. Graphs with NMS inside already applied their
+    Graphs without NMS get numpy NMS with these thresholds, multi-label by default like the in-graph NMS
+    variants (a box may be kept once per class above ``conf``), so every export of a model detects alike. Graphs with NMS inside already applied their
     exported ``conf``/``iou``/``max_det``; here ``conf`` and ``classes`` can only filter further.
     """
     imgs = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)

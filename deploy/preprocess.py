@@ -14,7 +14,7 @@ import numpy as np
 from deploy.errors import DeployError
 
 PAD_VALUE = 114
-RatioPad = tuple[float, tuple[float, float]]
+RatioPad = tuple[float, tuple[int, int]]
 
 
 def letterbox(
@@ -23,30 +23,30 @@ def letterbox(
     stride: int = 32,
     auto: bool = False,
     scaleup: bool = True,
-    color: tuple[int, int, int] = (PAD_VALUE, PAD_VALUE, PAD_VALUE),
-) -> tuple[np.ndarray, float, tuple[float, float]]:
+    color: int | tuple[int, int, int] = PAD_VALUE,
+) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Resize ``img (ndarray[H, W, C])`` keeping its aspect ratio and pad it to ``new_shape`` (H, W).
 
     ``auto=True`` pads only up to the next multiple of ``stride`` (rectangular inference); ``scaleup=False``
-    never enlarges. Returns ``(img, ratio, (padw, padh))`` with ``original = (letterboxed - pad) / ratio``.
+    never enlarges. Shrinking uses area interpolation, enlarging bilinear. Returns ``(img, ratio, (padw,
+    padh))``: the left/top padding in whole pixels, so ``original = (letterboxed - pad) / ratio``.
     """
     h0, w0 = img.shape[:2]
     nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else (int(new_shape[0]), int(new_shape[1]))
     r = min(nh / h0, nw / w0)
     if not scaleup:
         r = min(r, 1.0)
-    rw, rh = int(round(w0 * r)), int(round(h0 * r))
+    rw, rh = max(1, round(w0 * r)), max(1, round(h0 * r))
     dw, dh = nw - rw, nh - rh
     if auto:
         dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
-    if (w0, h0) != (rw, rh):
-        img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    if top or bottom or left or right:
-        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
-    return img, r, (dw, dh)
+    if (rw, rh) != (w0, h0):
+        img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    left, top = dw // 2, dh // 2
+    if dw or dh:
+        value = (color,) * 3 if isinstance(color, int) else tuple(color)
+        img = cv2.copyMakeBorder(img, top, dh - top, left, dw - left, cv2.BORDER_CONSTANT, value=value)
+    return img, r, (left, top)
 
 
 def to_tensor_layout(img_rgb: np.ndarray, dtype: np.dtype | str = np.float32) -> np.ndarray:

@@ -113,6 +113,12 @@ class TensorRTRunner(Runner):
             self.stream.close()
             self.stream = None
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the CUDA bindings may already be gone
+            pass
+
     def __enter__(self) -> TensorRTRunner:
         return self
 

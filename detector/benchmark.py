@@ -45,6 +45,7 @@ class BenchmarkArgs:
     device: str = "cpu"
     runs: int = 20
     warmup: int = 5
+    threads: int | None = None
     out: str | None = None
 
 
@@ -118,7 +119,7 @@ def _onnx_backend(bench: Bench, batch: int) -> Forward:
     except ImportError:
         raise BackendUnavailable('onnxruntime is not installed (pip install "detector[export]")') from None
     try:
-        runner = OnnxRunner(bench.exported("onnx"), device=bench.device.type)
+        runner = OnnxRunner(bench.exported("onnx"), device=str(bench.device), threads=bench.args.threads)
     except DeployError as e:
         raise BackendUnavailable(str(e)) from None
     x = bench.host_batch(batch)
@@ -166,6 +167,8 @@ def time_forward(forward: Forward, runs: int, warmup: int) -> list[float]:
 def benchmark(model: DetectionModel, args: BenchmarkArgs) -> list[Row]:
     """Time every requested backend at every batch size; unavailable backends become 'skipped' rows."""
     rows: list[Row] = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="detector-bench-") as tmp:
         bench = Bench(model, args, Path(tmp))
         for name in args.backends:
@@ -210,8 +213,8 @@ def _check(args: BenchmarkArgs) -> None:
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"detector benchmark: unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
-    if not args.batch or min(args.batch) < 1 or args.runs < 1 or args.warmup < 0:
-        raise ConfigError("detector benchmark: batch sizes and runs must be >= 1, warmup >= 0")
+    if not args.batch or min(args.batch) < 1 or args.runs < 1 or args.warmup < 0 or (args.threads or 1) < 1:
+        raise ConfigError("detector benchmark: batch sizes, runs and threads must be >= 1, warmup >= 0")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ConfigError(f"detector benchmark: device={args.device!r}; use cpu or cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -239,7 +242,8 @@ def _as_yaml_list(item: str, keys: tuple[str, ...]) -> str:
 
 def cli_benchmark(argv: list[str]) -> int:
     """``detector benchmark model=... [backends=torch,torch-fused,onnx,engine] [batch=1,8,32] [imgsz=640]
-    [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [out=CSV]``."""
+    [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [threads=N] [out=CSV]``; ``threads`` sets the CPU
+    threads of torch and ONNX Runtime alike (default: their own)."""
     from detector.config import load
 
     args = load(BenchmarkArgs, overrides=[_as_yaml_list(a, ("backends", "batch")) for a in argv])
@@ -253,7 +257,8 @@ def cli_benchmark(argv: list[str]) -> int:
     )
     write_csv(rows, out, args, model_name)
     precision = "fp16" if args.half else "fp32"
-    print(f"{model_name} @ {args.imgsz}, {args.device}, {precision}, median of {args.runs} runs")
+    threads = f", {args.threads} threads" if args.threads else ""
+    print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
     print(format_table(rows))
     print(f"\nsaved {out}")
     return 0

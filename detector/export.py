@@ -20,7 +20,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,9 @@ from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
 from detector.model import DetectionModel
+
+if TYPE_CHECKING:
+    import onnx
 
 LOG = logging.getLogger("detector.export")
 FORMATS = {"onnx": ".onnx", "engine": ".engine"}
@@ -102,7 +105,7 @@ def _default_out(model_or_ckpt, model: DetectionModel, suffix: str) -> Path:
     return Path("runs/export") / f"{model.yaml.get('name', 'model')}{suffix}"
 
 
-def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool):  # -> onnx.ModelProto
+def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool) -> onnx.ModelProto:
     """Trace ``graph`` with the TorchScript-based exporter (the dynamo exporter needs onnxscript, which we do
     not require) into an in-memory ``onnx.ModelProto`` with input ``images`` and output ``output0``."""
     import onnx
@@ -130,7 +133,7 @@ def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, d
     return onnx.load_model_from_string(buf.getvalue())
 
 
-def simplify_onnx(model):  # (onnx.ModelProto) -> onnx.ModelProto
+def simplify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxslim (constant folding, dead-node and redundant-op removal); on failure keep the graph as is."""
     import onnxslim
 
@@ -182,6 +185,8 @@ def export(
     graph = DeployGraph(model).eval()
     sample = torch.zeros(batch, 3, h, w)
     target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
+    if format == "engine" and target.suffix == ".onnx":
+        raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = target if format == "onnx" else target.with_suffix(".onnx")
 

@@ -3,6 +3,7 @@ in-graph NMS outputs, and equality with detector's torch-side twins where those 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ def test_letterbox_geometry_on_a_real_image():
     out, ratio, (padw, padh) = letterbox(img, 160)
     assert out.shape == (160, 160, 3) and ratio == 0.25 and (padw, padh) == (0.0, 20.0)
     assert (out[:20] == 114).all() and (out[140:] == 114).all()
-    np.testing.assert_array_equal(out[20:140], __import__("cv2").resize(img, (160, 120)))
+    np.testing.assert_array_equal(out[20:140], cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA))
     out, ratio, pad = letterbox(img, 160, stride=32, auto=True)  # pad only to the next multiple of 32
     assert out.shape == (128, 160, 3) and pad == (0.0, 4.0)
     out, ratio, pad = letterbox(img[:100, :50], 160, scaleup=False)  # never enlarges
@@ -140,12 +141,14 @@ def test_letterbox_equals_detector_twin():
 
 def test_nms_and_scaling_equal_detector_twins():
     post = pytest.importorskip("detector.engine.postprocess", reason="detector.engine (branch losses) not merged yet")
-    for multi_label in (False, True):
-        pred = clustered_predictions(11)
-        got = non_max_suppression(pred, 0.25, 0.6, 100, multi_label=multi_label)
-        ref = post.non_max_suppression(torch.from_numpy(pred), 0.25, 0.6, 100, multi_label=multi_label)
+    settings = [(False, None, False), (True, None, False), (True, [0, 2], False), (False, None, True)]
+    for seed, (multi_label, classes, agnostic) in enumerate(settings):
+        pred = clustered_predictions(11 + seed)
+        got = non_max_suppression(pred, 0.25, 0.6, 100, multi_label, classes, agnostic)
+        ref = post.non_max_suppression(torch.from_numpy(pred), 0.25, 0.6, 100, multi_label, classes, agnostic)
         for g, r in zip(got, ref):
-            np.testing.assert_allclose(g, r.numpy(), rtol=1e-6, atol=1e-4)
+            assert len(g) > 3
+            np.testing.assert_array_equal(g, r.numpy())
     boxes = clustered_predictions(12)[0, :4].T.copy()
     ratio_pad = (0.4, (0.0, 32.0))
     np.testing.assert_allclose(
@@ -154,3 +157,15 @@ def test_nms_and_scaling_equal_detector_twins():
         rtol=1e-6,
         atol=1e-4,
     )
+
+
+def test_onnx_providers_follow_the_device():
+    from deploy.onnx_runner import choose_providers
+
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(gpu, "auto") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert choose_providers(gpu, "cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert choose_providers(gpu, "cpu") == ["CPUExecutionProvider"]
+    assert choose_providers(["CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
+    with pytest.raises(DeployError, match=r'no CUDA provider.*pip install "detector\[gpu\]"'):
+        choose_providers(["CPUExecutionProvider"], "cuda")
