@@ -11,12 +11,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import torchvision
 from deploy_testing import ROOT, assert_same_detections, bccd_images, lively_model
 
 from deploy import load_runner, predict
 from deploy.errors import DeployError
 from deploy.preprocess import preprocess
+from detector.data.letterbox import letterbox
+from detector.engine.postprocess import non_max_suppression, scale_boxes
 from detector.export import export
 
 IMGSZ = 128
@@ -39,21 +40,16 @@ def photos() -> list[np.ndarray]:
 
 
 def torch_pipeline(model, images: list[np.ndarray]) -> list[np.ndarray]:
-    """The same job done with torch: deploy form, torchvision multi-label NMS, boxes back to the photo."""
+    """The same job done by detector's torch side: its letterbox, the deploy form, its NMS and scale_boxes."""
     deploy_form = copy.deepcopy(model).to_deploy()
     out = []
     for img in images:
-        x, (rp,), (shape,) = preprocess([img], IMGSZ)
+        boxed, ratio, pad = letterbox(img, IMGSZ)
+        x = torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
         with torch.no_grad():
-            p = deploy_form(torch.from_numpy(x))["main"][0]
-        a, c = torch.nonzero(p[4:].T > CONF, as_tuple=True)
-        s = p[4:].T[a, c]
-        keep = torchvision.ops.batched_nms(p[:4].T[a], s, c, IOU)
-        boxes = p[:4].T[a][keep].numpy()
-        ratio, (pw, ph) = rp
-        boxes = (boxes - [pw, ph, pw, ph]) / ratio
-        boxes = boxes.clip(0, [shape[1], shape[0], shape[1], shape[0]])
-        out.append(np.concatenate([boxes, s[keep, None].numpy(), c[keep, None].numpy()], 1))
+            (det,) = non_max_suppression(deploy_form(x)["main"], CONF, IOU, 300, multi_label=True)
+        det[:, :4] = scale_boxes(det[:, :4], (ratio, pad), img.shape[:2])
+        out.append(det.numpy())
     return out
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torchvision
 from deploy_testing import assert_same_detections, bccd_images, lively_model
 
 from deploy import load_runner
 from deploy.errors import DeployError
 from deploy.metadata import NMS_OUTPUTS
 from deploy.preprocess import preprocess
+from detector.engine.postprocess import non_max_suppression
 from detector.export import export
 from detector.export_nms import TRT_DOMAIN, TRT_PLUGIN
 
@@ -24,18 +24,10 @@ CONF, IOU = 0.25, 0.6
 
 
 def torch_multilabel_nms(pred: torch.Tensor, conf: float, iou: float, max_det: int) -> list[torch.Tensor]:
-    """Reference: every (box, class) with score > conf, per-class NMS (torchvision), best ``max_det``.
-
-    This is what both in-graph variants compute (ONNX NonMaxSuppression over a class axis and TensorRT's
-    EfficientNMS both suppress per class and may keep one box for several classes).
-    """
-    out = []
-    for p in pred:  # (4 + nc, A)
-        boxes, scores = p[:4].T, p[4:].T
-        a, c = torch.nonzero(scores > conf, as_tuple=True)
-        keep = torchvision.ops.batched_nms(boxes[a], scores[a, c], c, iou)[:max_det]
-        out.append(torch.cat([boxes[a][keep], scores[a, c][keep, None], c[keep, None].float()], 1))
-    return out
+    """Reference: the framework's own PyTorch NMS, multi-label (every (box, class) above ``conf``, per-class
+    suppression), which is what both in-graph variants compute: ONNX NonMaxSuppression over a class axis and
+    TensorRT's EfficientNMS both suppress per class and may keep one box for several classes."""
+    return non_max_suppression(pred, conf, iou, max_det, multi_label=True)
 
 
 @pytest.fixture(scope="module")
