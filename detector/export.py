@@ -1,0 +1,307 @@
+"""Export a model's deploy form to ONNX (optionally with NMS inside) or to a TensorRT engine.
+
+The exported graph takes ``images (B, 3, H, W)`` float32 RGB in 0..1 and returns ``output0 (B, 4 + nc, A)``:
+xyxy boxes in input pixels, then class scores (the model's eval output), or with ``nms`` the four tensors
+``num_dets``/``det_boxes``/``det_scores``/``det_classes`` (see ``detector.export_nms``). Class names,
+strides, size, version, NMS mode and input dtype go into the ONNX ``metadata_props`` (``deploy.metadata``).
+
+fp16 (``half=True``): weights and every layer up to the head's raw maps run in float16; the graph keeps a
+float32 ``images`` input (a Cast follows it) and decodes boxes in float32, so ``output0`` stays float32.
+One input dtype for fp32 and fp16 graphs and for TensorRT 10 and 11 engines avoids the classic trap of feeding
+float32 to an engine that wants float16, and pixel coordinates keep float32 precision. The metadata records
+``input_dtype: float32`` and ``precision: fp16``; runners read the dtype from the graph itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+
+from detector import __version__
+from detector.config import ConfigError
+from detector.errors import DetectorError
+from detector.model import DetectionModel
+
+if TYPE_CHECKING:
+    import onnx
+
+LOG = logging.getLogger("detector.export")
+FORMATS = {"onnx": ".onnx", "engine": ".engine"}
+NMS_CHOICES = ("none", "onnx", "trt")
+DEFAULT_OPSET = 17
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class DeployGraph(nn.Module):
+    """What gets traced: ``images (Tensor[B, 3, H, W])`` float32 -> ``(Tensor[B, 4 + nc, A])`` float32.
+
+    The body runs in ``model``'s dtype (float16 for half exports); the head's decode (DFL expectation,
+    anchors, sigmoid) runs in float32.
+    """
+
+    def __init__(self, model: DetectionModel) -> None:
+        super().__init__()
+        self.model = model
+        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is model.main_head)
+        self.dtype = next(model.parameters()).dtype
+
+    def forward(self, images: Tensor) -> Tensor:
+        maps = self.model(images.to(self.dtype), decode=False)[self.tag]
+        return self.model.main_head.decode([m.float() for m in maps])
+
+
+def load_deploy_model(model_or_ckpt: str | Path | nn.Module) -> DetectionModel:
+    """A ``DetectionModel`` in deploy form (aux dropped, fused, eval, CPU float32) from a model object (copied,
+    the caller's is untouched), a checkpoint path, or a zoo name / YAML (fresh weights)."""
+    if isinstance(model_or_ckpt, DetectionModel):
+        model = copy.deepcopy(model_or_ckpt).cpu().float()
+    elif isinstance(model_or_ckpt, nn.Module):
+        raise DetectorError(f"export: expected a DetectionModel, got {type(model_or_ckpt).__name__}")
+    else:
+        from detector.checkpoint import model_from_checkpoint
+        from detector.model import build_model
+
+        src = Path(model_or_ckpt)
+        if src.suffix in CHECKPOINT_SUFFIXES:
+            model = model_from_checkpoint(src, deploy=True)
+        else:
+            model = build_model(model_or_ckpt)
+    return model.to_deploy().eval()
+
+
+def _hw(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+    if h % stride or w % stride or h <= 0 or w <= 0:
+        raise ConfigError(f"export: imgsz {h}x{w} must be positive multiples of the model's stride {stride}")
+    return int(h), int(w)
+
+
+def _check_args(format: str, nms: str, batch: int, opset: int, conf: float, iou: float, max_det: int) -> None:
+    if format not in FORMATS:
+        raise ConfigError(f"export: format={format!r}; choose one of {list(FORMATS)}")
+    if nms not in NMS_CHOICES:
+        raise ConfigError(f"export: nms={nms!r}; choose one of {list(NMS_CHOICES)}")
+    if batch < 1 or max_det < 1:
+        raise ConfigError(f"export: batch ({batch}) and max_det ({max_det}) must be >= 1")
+    if not (0 <= conf <= 1 and 0 <= iou <= 1):
+        raise ConfigError(f"export: conf ({conf}) and iou ({iou}) must lie in [0, 1]")
+    from detector.export_nms import MIN_OPSET
+
+    if nms == "onnx" and opset < MIN_OPSET:
+        raise ConfigError(f"export: nms=onnx needs opset >= {MIN_OPSET}, got opset={opset}")
+
+
+def _default_out(model_or_ckpt, model: DetectionModel, suffix: str) -> Path:
+    if isinstance(model_or_ckpt, (str, Path)) and Path(model_or_ckpt).suffix in CHECKPOINT_SUFFIXES:
+        return Path(model_or_ckpt).with_suffix(suffix)
+    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{suffix}"
+
+
+def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool) -> onnx.ModelProto:
+    """Trace ``graph`` with the TorchScript-based exporter (the dynamo exporter needs onnxscript, which we do
+    not require) into an in-memory ``onnx.ModelProto`` with input ``images`` and output ``output0``."""
+    import onnx
+
+    axes: dict[str, dict[int, str]] = {"images": {}, "output0": {}}
+    if dynamic:
+        axes["images"][0] = axes["output0"][0] = "batch"
+    if dynamic_hw:
+        axes["images"].update({2: "height", 3: "width"})
+        axes["output0"][2] = "anchors"
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is checked afterwards
+        torch.onnx.export(
+            graph,
+            (sample,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["output0"],
+            dynamic_axes={k: v for k, v in axes.items() if v} or None,
+            do_constant_folding=True,
+        )
+    return onnx.load_model_from_string(buf.getvalue())
+
+
+def simplify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim (constant folding, dead-node and redundant-op removal); on failure keep the graph as is."""
+    import onnxslim
+
+    try:
+        return onnxslim.slim(model)
+    except Exception as e:  # noqa: BLE001 - simplification is an optimisation, never a reason to fail an export
+        LOG.warning("onnxslim could not simplify the graph (%s: %s); keeping it unsimplified", type(e).__name__, e)
+        return model
+
+
+def export(
+    model_or_ckpt: str | Path | nn.Module,
+    format: str = "onnx",
+    imgsz: int | tuple[int, int] = 640,
+    batch: int = 1,
+    dynamic: bool = False,
+    half: bool = False,
+    simplify: bool = True,
+    nms: str = "none",
+    opset: int | None = None,
+    workspace: float | None = 4,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    out: str | Path | None = None,
+    dynamic_hw: bool = False,
+) -> Path:
+    """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
+
+    ``imgsz``: int or (H, W), multiples of the model stride. ``batch``: the batch (static), or the largest
+    batch of a TensorRT engine's profile when ``dynamic``. ``dynamic``: variable batch; ``dynamic_hw``:
+    variable H/W as well. ``half``: fp16 weights and compute (float32 input/output, see the module doc).
+    ``nms``: "none" (``output0``), "onnx" (NonMaxSuppression op) or "trt" (EfficientNMS_TRT plugin), with
+    thresholds ``conf``/``iou`` and ``max_det`` boxes per image. ``format="engine"`` also writes the ONNX
+    beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
+    memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    """
+    import onnx
+
+    from deploy.metadata import ModelMetadata
+    from detector.export_nms import add_nms
+
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    _check_args(format, nms, batch, opset, conf, iou, max_det)
+    model = load_deploy_model(model_or_ckpt)
+    h, w = _hw(imgsz, int(max(model.strides)))
+    if half:
+        model.half()
+    graph = DeployGraph(model).eval()
+    sample = torch.zeros(batch, 3, h, w)
+    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
+    if format == "engine" and target.suffix == ".onnx":
+        raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path = target if format == "onnx" else target.with_suffix(".onnx")
+
+    try:
+        proto = torch_to_onnx(graph, sample, opset, dynamic, dynamic_hw)
+    except Exception as e:  # noqa: BLE001 - report which model and opset failed, not a 40-frame trace
+        raise DetectorError(
+            f"export: torch.onnx could not export {model.yaml.get('name')} at opset {opset}: {e}"
+        ) from e
+    if simplify:
+        proto = simplify_onnx(proto)
+    if nms != "none":
+        add_nms(proto, nms, conf, iou, max_det, opset)
+    meta = ModelMetadata(
+        names={int(i): str(n) for i, n in model.names.items()},
+        strides=[float(s) for s in model.strides],
+        imgsz=(h, w),
+        batch=batch,
+        dynamic=dynamic,
+        dynamic_hw=dynamic_hw,
+        nms=nms,
+        input_dtype="float32",
+        precision="fp16" if half else "fp32",
+        conf=conf if nms != "none" else None,
+        iou=iou if nms != "none" else None,
+        max_det=max_det if nms != "none" else None,
+        model=str(model.yaml.get("name", "")),
+        version=__version__,
+        opset=opset,
+    )
+    del proto.metadata_props[:]
+    for k, v in meta.to_props().items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    proto.producer_name, proto.producer_version = "detector", __version__
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise DetectorError(f"export: the exported graph fails onnx.checker: {e}") from None
+    onnx.save(proto, str(onnx_path))
+    LOG.info("wrote %s", onnx_path)
+    if format == "onnx":
+        return onnx_path
+    return _build_engine(onnx_path, target, meta, half, workspace)
+
+
+def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspace: float | None) -> Path:
+    """ONNX -> TensorRT engine through ``deploy.engine_builder``, plus the metadata sidecar."""
+    from deploy.engine_builder import build_engine
+    from deploy.errors import DeployError
+    from deploy.metadata import sidecar_path
+
+    try:
+        build_engine(
+            onnx_path,
+            engine_path,
+            half=half,
+            workspace_gib=workspace,
+            max_batch=meta.batch,
+            imgsz=meta.imgsz,
+            min_hw=int(max(meta.strides)),
+        )
+    except DeployError as e:
+        raise DetectorError(f"export: {e}") from None
+    meta.write_json(sidecar_path(engine_path))
+    return engine_path
+
+
+@dataclass
+class ExportArgs:
+    """``detector export`` keys (see ``export`` for their meaning)."""
+
+    model: str = ""
+    format: Literal["onnx", "engine"] = "onnx"
+    imgsz: int | list[int] = 640
+    batch: int = 1
+    dynamic: bool = False
+    dynamic_hw: bool = False
+    half: bool = False
+    simplify: bool = True
+    nms: Literal["none", "onnx", "trt"] = "none"
+    opset: int | None = None
+    workspace: float | None = 4.0
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    out: str | None = None
+
+
+def cli_export(argv: list[str]) -> int:
+    """``detector export model=CKPT_OR_NAME format=onnx|engine [imgsz=640] [batch=1] [dynamic=True] ...``."""
+    from detector.config import load
+
+    args = load(ExportArgs, overrides=argv)
+    if not args.model:
+        raise ConfigError("detector export: name a model, e.g. `detector export model=runs/train/exp/best.pt`")
+    imgsz = args.imgsz if isinstance(args.imgsz, int) else tuple(args.imgsz)
+    if not isinstance(imgsz, int) and len(imgsz) != 2:
+        raise ConfigError(f"detector export: imgsz must be one number or [H, W], got {args.imgsz}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = export(
+        args.model,
+        format=args.format,
+        imgsz=imgsz,
+        batch=args.batch,
+        dynamic=args.dynamic,
+        half=args.half,
+        simplify=args.simplify,
+        nms=args.nms,
+        opset=args.opset,
+        workspace=args.workspace,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        out=args.out,
+        dynamic_hw=args.dynamic_hw,
+    )
+    print(f"exported {path}")
+    return 0
