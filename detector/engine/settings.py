@@ -41,6 +41,7 @@ class ValConfig:
     conf: float = 0.001
     iou: float = 0.7
     max_det: int = 300
+    multi_label: bool = True  # a box may count once per class above conf (the COCO mAP convention)
     batch: int | None = None  # default: 2x the training batch
     period: int = 1  # validate every N epochs (the last epoch always)
     save_json: bool = False
@@ -91,6 +92,7 @@ class ValRunConfig:
     conf: float = 0.001
     iou: float = 0.7
     max_det: int = 300
+    multi_label: bool = True
     save_json: bool = False
     plots: bool = True
     project: str = "runs/val"

@@ -134,7 +134,7 @@ class Validator:
                 loss_sum = items if loss_sum is None else loss_sum + items
             t2 = time.perf_counter()
             dets = non_max_suppression(
-                head.decode(maps), self.cfg.conf, self.cfg.iou, self.cfg.max_det, multi_label=True
+                head.decode(maps), self.cfg.conf, self.cfg.iou, self.cfg.max_det, multi_label=self.cfg.multi_label
             )
             dets = [d.float().cpu() for d in dets]  # results leave the device batch by batch: flat memory
             t3 = time.perf_counter()
@@ -254,7 +254,7 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
     model = model_from_checkpoint(cfg.model, deploy=True).to(device)
-    val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, batch=cfg.batch,
+    val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label, batch=cfg.batch,
                         save_json=cfg.save_json, plots=cfg.plots)  # fmt: skip
     validator = Validator(loader, names, val_cfg, device, run_dir=run_dir, amp_dtype=amp_dtype(device, True))
     LOGGER.info(f"validating {cfg.model} on {data} ({cfg.split}, {len(dataset)} images, imgsz {imgsz})")

@@ -25,9 +25,11 @@ class Backend(Protocol):
     device: torch.device
     fixed_shape: tuple[int, int] | None  # (H, W) the model only accepts, e.g. a static ONNX export
     dtype: torch.dtype
+    has_nms: bool  # True: __call__ returns final detections (NMS ran inside the model)
 
-    def __call__(self, images: Tensor) -> Tensor:
-        """``images (Tensor[B, 3, H, W])`` float RGB 0..1 -> ``(B, 4 + nc, A)`` xyxy pixels + scores."""
+    def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
+        """``images (Tensor[B, 3, H, W])`` float RGB 0..1 -> ``(B, 4 + nc, A)`` xyxy pixels + scores, or, when
+        ``has_nms``, one ``Tensor[n, 6]`` (x1, y1, x2, y2, score, class) per image."""
         ...
 
 
@@ -47,6 +49,7 @@ class TorchBackend:
     """A ``DetectionModel`` in eval mode (deploy form unless ``deploy=False``), optionally fp16 on CUDA."""
 
     fixed_shape = None
+    has_nms = False
 
     def __init__(self, model, device: torch.device, half: bool = False) -> None:
         self.model = model.to(device).eval()
@@ -78,7 +81,57 @@ def load_torch_architecture(name: str | Path, device: torch.device, half: bool, 
     return TorchBackend(model.eval(), device, half)
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {".pt": load_torch_checkpoint}
+class ExportedBackend:
+    """An exported ONNX model or TensorRT engine, run by ``deploy``'s runner (numpy in, numpy out).
+
+    The runner reads the model's metadata (class names, strides, input size and dtype, NMS mode); a static
+    batch size is honoured by splitting larger batches.
+    """
+
+    dtype = torch.float32
+
+    def __init__(self, path: Path, device: torch.device, half: bool = False, deploy: bool = True) -> None:
+        from deploy import load_runner
+        from deploy.errors import DeployError
+
+        try:
+            self.runner = load_runner(path, device="cuda" if device.type == "cuda" else "cpu")
+        except DeployError as e:
+            raise DetectorError(str(e)) from None
+        meta = self.runner.metadata
+        self.names = dict(meta.names)
+        self.stride = meta.stride
+        self.device = torch.device("cpu")  # the runner moves data itself
+        h, w = self.runner.input_shape[2:4]
+        self.fixed_shape = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        self.has_nms = self.runner.has_nms
+
+    def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
+        from deploy.postprocess import from_nms_outputs
+
+        step = self.runner.fixed_batch or self.runner.max_batch or len(images)
+        chunks = [self._pad(images[i : i + step].numpy(), step) for i in range(0, len(images), step)]
+        outs = [(self.runner(x), n) for x, n in chunks]
+        if self.has_nms:
+            return [torch.from_numpy(d) for out, n in outs for d in from_nms_outputs(out)[:n]]
+        return torch.cat([torch.from_numpy(out["output0"][:n]).float() for out, n in outs])
+
+    def _pad(self, x, step: int):
+        """A static-batch model takes exactly ``fixed_batch`` images: pad the last chunk with zeros."""
+        import numpy as np
+
+        n = len(x)
+        if self.runner.fixed_batch and n < step:
+            x = np.concatenate([x, np.zeros((step - n, *x.shape[1:]), x.dtype)])
+        return x, n
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    ".pt": load_torch_checkpoint,
+    ".onnx": ExportedBackend,
+    ".engine": ExportedBackend,
+    ".plan": ExportedBackend,
+}
 """File suffix -> loader ``(path, device, half, deploy) -> Backend``; exported formats add theirs here."""
 
 

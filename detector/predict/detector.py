@@ -17,6 +17,17 @@ from detector.predict.backends import Backend, load_backend
 from detector.predict.results import Results
 from detector.predict.sources import Frame, iter_frames
 
+PAD_MULTIPLE = 32
+"""Letterboxed sides are multiples of this (or of a larger model stride), as in validation's rect batches."""
+
+
+def _filter(det: torch.Tensor, conf: float, classes: list[int] | None, max_det: int) -> torch.Tensor:
+    """Apply the user's thresholds to detections that already went through NMS (sorted by score)."""
+    keep = det[:, 4] > conf
+    if classes is not None:
+        keep &= torch.isin(det[:, 5].long(), torch.as_tensor(classes))
+    return det[keep][:max_det]
+
 
 def _batched(frames: Iterator[Frame], n: int) -> Iterator[list[Frame]]:
     while chunk := list(islice(frames, n)):
@@ -59,19 +70,21 @@ class Detector:
         batch: int = 1,
         stream: bool = False,
         agnostic: bool = False,
+        multi_label: bool = False,
     ) -> list[Results] | Iterator[Results]:
         """Detect objects in ``source`` (path, directory, glob, list, numpy/PIL image, tensor or video).
 
         Returns a list of ``Results`` in source order, or with ``stream=True`` a generator that yields them one
         by one (bounded memory for long videos). Unreadable images inside a directory/list are skipped and
-        listed in ``self.skipped`` as ``(path, reason)``.
+        listed in ``self.skipped`` as ``(path, reason)``. ``multi_label=True`` lets a box carry several classes
+        (what validation does for mAP); the default keeps each box's best class.
         """
-        gen = self._run(source, conf, iou, imgsz, max_det, classes, batch, agnostic)
+        gen = self._run(source, conf, iou, imgsz, max_det, classes, batch, agnostic, multi_label)
         return gen if stream else list(gen)
 
     __call__ = predict
 
-    def _run(self, source, conf, iou, imgsz, max_det, classes, batch, agnostic) -> Iterator[Results]:
+    def _run(self, source, conf, iou, imgsz, max_det, classes, batch, agnostic, multi_label) -> Iterator[Results]:
         self.skipped = []
 
         def on_skip(path: str, reason: str) -> None:
@@ -83,12 +96,13 @@ class Detector:
             images, ratio_pads = self.preprocess([f.image for f in frames], imgsz)
             t1 = time.perf_counter()
             pred = self.backend(images)
-            if pred.device.type == "cuda":
+            if isinstance(pred, torch.Tensor) and pred.device.type == "cuda":
                 torch.cuda.synchronize(pred.device)
             t2 = time.perf_counter()
-            dets = non_max_suppression(
-                pred, conf, iou, max_det=max_det, multi_label=False, classes=classes, agnostic=agnostic
-            )
+            if self.backend.has_nms:  # the model ran NMS with its exported thresholds: filter what it kept
+                dets = [_filter(d, conf, classes, max_det) for d in pred]
+            else:
+                dets = non_max_suppression(pred, conf, iou, max_det, multi_label, classes, agnostic)
             out = []
             for f, d, rp in zip(frames, dets, ratio_pads):
                 d = d.cpu()
@@ -116,7 +130,7 @@ class Detector:
         auto = fixed is None and same
         boxed, ratio_pads = [], []
         for im in images:
-            out, ratio, pad = letterbox(im, shape, stride=self.backend.stride, auto=auto)
+            out, ratio, pad = letterbox(im, shape, stride=max(self.backend.stride, PAD_MULTIPLE), auto=auto)
             boxed.append(out)
             ratio_pads.append((ratio, pad))
         arr = np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2)  # BGR HWC -> RGB CHW
