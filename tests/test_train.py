@@ -145,15 +145,20 @@ def test_run_dirs_increment_and_skipped_files_are_reported(tmp_path, data4, capl
     img = broken / "JPEGImages" / "BloodImage_00003.jpg"
     img.unlink()
     img.write_bytes(b"not a jpeg")
+    xml = broken / "Annotations" / "BloodImage_00001.xml"  # a label with a broken field (xmin is not a number)
+    text = xml.read_text()
+    xml.unlink()
+    xml.write_text(text.replace("<xmin>", "<xmin>oops", 1))
     data = broken / "data.yaml"
     Trainer(tiny_config(tmp_path, data4, epochs=1)).train()
     Trainer(tiny_config(tmp_path, data, epochs=1)).train()
     runs = tmp_path / "runs"
     assert (runs / "exp").is_dir() and (runs / "exp2").is_dir()
     problems = (runs / "exp2" / "data_problems.txt").read_text()
-    assert "BloodImage_00003.jpg" in problems
+    assert "BloodImage_00003.jpg" in problems and "BloodImage_00001.xml" in problems
     log = (runs / "exp2" / "train.log").read_text()
-    assert "skipped" in log and "BloodImage_00003.jpg" in log
+    assert "skipped" in log and "BloodImage_00003.jpg" in log and "BloodImage_00001.xml" in log
+    assert (runs / "exp2" / "weights" / "last.pt").is_file()  # trained on the rest
     assert not (runs / "exp" / "data_problems.txt").exists()
     cfg = tiny_config(tmp_path, data4, epochs=1, exist_ok=True)
     Trainer(cfg).train()
