@@ -45,7 +45,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"command line: {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.safe_load(raw) if raw != "" else ""  # `key=` is an empty string (None where allowed)
         except yaml.YAMLError:
             value = raw
         node = out
@@ -75,7 +75,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
-        if value is None and type(None) in args:
+        if (value is None or value == "") and type(None) in args:
             return None
         errors = []
         for arg in args:

@@ -77,3 +77,14 @@ def test_override_syntax():
     assert parse_overrides(["a.b=1", "c=x", "d=[1, 2]"]) == {"a": {"b": 1}, "c": "x", "d": [1, 2]}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
+
+
+@dataclass
+class WithOptional:
+    device: str = "cpu"
+    batch: int | None = 4
+
+
+def test_empty_value_means_empty_string_or_none():
+    cfg = load(WithOptional, [], ["device=", "batch="])
+    assert cfg.device == "" and cfg.batch is None

@@ -34,15 +34,12 @@ class Backend(Protocol):
 
 
 def select_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available else CPU; ``"0"`` -> ``cuda:0``; otherwise as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, str) and device.isdigit():
-        device = f"cuda:{device}"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DetectorError(f"device {device!r} asked for, but CUDA is not available on this machine")
-    return dev
+    """``None``/``""``/``"auto"`` -> the first GPU when there is one, else CPU; otherwise as the trainer reads it."""
+    from detector.engine.distributed import select_device as engine_device
+
+    if isinstance(device, torch.device):
+        return device
+    return engine_device("" if device in (None, "auto") else str(device))
 
 
 class TorchBackend:
