@@ -4,8 +4,10 @@ A checkpoint is a plain dict of tensors and Python primitives (loadable with ``w
 
 ``model`` (state dict of the EMA weights, train form), ``model_yaml`` (the resolved model dict, with ``nc``),
 ``names`` (list of class names), ``config`` (resolved run config as a dict), ``epoch``, ``best_fitness``,
-``optimizer``, ``scheduler``, ``scaler``, ``ema`` (``{"updates": int}``), ``rng`` (RNG states), ``metrics``,
-``version`` and ``deploy`` (True when ``model`` holds the fused deploy form).
+``optimizer``, ``scheduler`` (``{last_opt_step, warmup_iters}``), ``scaler``, ``ema`` (``{"updates": int}``),
+``train_model`` (the raw, non-EMA weights, for exact resume), ``rng`` (one RNG state per rank), ``metrics``,
+``best_epoch``, ``finished`` (why the run ended; optimiser state is then dropped), ``version`` and ``deploy``
+(True when ``model`` holds the fused deploy form).
 """
 
 from __future__ import annotations
