@@ -115,8 +115,23 @@ class RepNCSP(nn.Module):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
 
 
+class ELANAggregation(Block):
+    """Shared ELAN forward: cv1 splits into halves (a, b); cv2 on b, cv3 on that; concat all four -> cv4."""
+
+    cv1: nn.Module
+    cv2: nn.Module
+    cv3: nn.Module
+    cv4: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(self.cv2(y[-1]))
+        y.append(self.cv3(y[-1]))
+        return self.cv4(torch.cat(y, 1))
+
+
 @BLOCKS.register()
-class RepNCSPELAN4(Block):
+class RepNCSPELAN4(ELANAggregation):
     """ELAN aggregation of two RepNCSP+Conv branches.
 
     Conv1x1 -> mid, split in halves (a, b); y2 = Conv3x3(RepNCSP(b)), y3 = Conv3x3(RepNCSP(y2));
@@ -132,15 +147,9 @@ class RepNCSPELAN4(Block):
         self.cv4 = Conv(mid + 2 * hidden, out, 1, 1)
         self.c2 = out
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        y.append(self.cv2(y[-1]))
-        y.append(self.cv3(y[-1]))
-        return self.cv4(torch.cat(y, 1))
-
 
 @BLOCKS.register()
-class ELAN1(Block):
+class ELAN1(ELANAggregation):
     """RepNCSPELAN4 with plain Conv3x3 branches (stride-4 stage of gelan-t/s)."""
 
     def __init__(self, c1: int, out: int, mid: int, hidden: int) -> None:
@@ -151,12 +160,6 @@ class ELAN1(Block):
         self.cv3 = Conv(hidden, hidden, 3, 1)
         self.cv4 = Conv(mid + 2 * hidden, out, 1, 1)
         self.c2 = out
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        y.append(self.cv2(y[-1]))
-        y.append(self.cv3(y[-1]))
-        return self.cv4(torch.cat(y, 1))
 
 
 @BLOCKS.register()

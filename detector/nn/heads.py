@@ -63,36 +63,19 @@ class DFL(nn.Module):
         return torch.einsum("bkra,r->bka", x, self.project.to(x.dtype))
 
 
-class DFLHead(Head):
-    """Base of the anchor-free DFL heads: per-level ``box`` and ``cls`` branches, shared raw layout and decode.
+class BinnedHead(Head):
+    """Base of heads whose boxes are ``bins``-bin distance distributions per side (DFL / GFL integral).
 
-    A subclass builds ``self.box`` and ``self.cls`` (one ``nn.Sequential`` per level, the last layer of each a
-    plain biased ``nn.Conv2d`` to ``4 * reg_max`` and ``nc`` channels) and then calls ``init_bias()``.
-
-    Training: list of raw maps ``(B, 4*reg_max + nc, H_i, W_i)``.
-    Eval: ``(B, 4 + nc, A)``: xyxy boxes in input pixels, then sigmoid class scores.
+    Holds what decoding needs: ``bins``, the raw channel count ``no``, the integral ``dfl`` and cached anchors;
+    subclasses build the convolutions and ``forward_raw``.
     """
 
-    loss = "tal"
-    box: nn.ModuleList
-    cls: nn.ModuleList
-
-    def __init__(self, nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0) -> None:
+    def __init__(self, nc: int, strides: list[float], bins: int, loss_weight: float = 1.0) -> None:
         super().__init__(nc, strides, loss_weight)
-        self.reg_max = reg_max
-        self.bins = reg_max
-        self.no = nc + 4 * reg_max
-        self.dfl = DFL(reg_max)
+        self.bins = bins
+        self.no = nc + 4 * bins
+        self.dfl = DFL(bins)
         self._anchor_cache: tuple[tuple, Tensor, Tensor] | None = None
-
-    def init_bias(self) -> None:
-        """Box bias 1.0; class bias so that the initial score is ~5 objects per 640x640 image."""
-        for box, cls, s in zip(self.box, self.cls, self.strides):
-            box[-1].bias.data[:] = 1.0
-            cls[-1].bias.data[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
-
-    def forward_raw(self, xs: list[Tensor]) -> list[Tensor]:
-        return [torch.cat((b(x), c(x)), 1) for x, b, c in zip(xs, self.box, self.cls)]
 
     def anchors(self, maps: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Anchor points and strides for these map sizes, cached while the sizes stay the same."""
@@ -107,10 +90,38 @@ class DFLHead(Head):
         """Raw per-level maps -> ``(B, 4 + nc, A)`` with xyxy pixel boxes and sigmoid scores."""
         b = maps[0].shape[0]
         flat = torch.cat([m.view(b, self.no, -1) for m in maps], 2)  # (B, no, A)
-        dist, logits = flat.split((4 * self.reg_max, self.nc), 1)
+        dist, logits = flat.split((4 * self.bins, self.nc), 1)
         points, stride = self.anchors(maps)
         boxes = dist2bbox(self.dfl(dist), points.t().unsqueeze(0), dim=1) * stride.t()
         return torch.cat((boxes, logits.sigmoid()), 1)
+
+
+class DFLHead(BinnedHead):
+    """Base of the anchor-free DFL heads: per-level ``box`` and ``cls`` branches, shared raw layout and decode.
+
+    A subclass builds ``self.box`` and ``self.cls`` (one ``nn.Sequential`` per level, the last layer of each a
+    plain biased ``nn.Conv2d`` to ``4 * reg_max`` and ``nc`` channels) and then calls ``init_bias()``.
+
+    Training: list of raw maps ``(B, 4*reg_max + nc, H_i, W_i)``.
+    Eval: ``(B, 4 + nc, A)``: xyxy boxes in input pixels, then sigmoid class scores.
+    """
+
+    loss = "tal"
+    box: nn.ModuleList
+    cls: nn.ModuleList
+
+    def __init__(self, nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0) -> None:
+        super().__init__(nc, strides, reg_max, loss_weight)
+        self.reg_max = reg_max
+
+    def init_bias(self) -> None:
+        """Box bias 1.0; class bias so that the initial score is ~5 objects per 640x640 image."""
+        for box, cls, s in zip(self.box, self.cls, self.strides):
+            box[-1].bias.data[:] = 1.0
+            cls[-1].bias.data[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
+
+    def forward_raw(self, xs: list[Tensor]) -> list[Tensor]:
+        return [torch.cat((b(x), c(x)), 1) for x, b, c in zip(xs, self.box, self.cls)]
 
 
 @BLOCKS.register()

@@ -12,13 +12,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from detector.nn.block import Head
-from detector.nn.heads import DFL, dist2bbox, make_anchors
+from detector.nn.heads import BinnedHead
 from detector.registry import BLOCKS
 
 
 @BLOCKS.register()
-class ZeroHead(Head):
+class ZeroHead(BinnedHead):
     """Per level: ``cls`` conv kxk -> nc logits, ``reg`` conv kxk -> 4 * (reg_max + 1) distribution logits.
 
     Args:
@@ -45,18 +44,14 @@ class ZeroHead(Head):
         prior_prob: float = 0.01,
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__(nc, strides, loss_weight)
         if not isinstance(c1, list):
             raise ValueError("ZeroHead reads several levels: give `from` as a list, e.g. [P3, P4, P5]")
+        super().__init__(nc, strides, reg_max + 1, loss_weight)
         self.reg_max = reg_max
-        self.bins = reg_max + 1
-        self.no = 4 * self.bins + nc
         self.cls = nn.ModuleList(nn.Conv2d(c, nc, k, 1, k // 2) for c in c1)
         self.reg = nn.ModuleList(nn.Conv2d(c, 4 * self.bins, k, 1, k // 2) for c in c1)
         # None once fuse() has folded the scales into the regression convs
         self.scales: nn.ParameterList | None = nn.ParameterList(nn.Parameter(torch.ones(())) for _ in c1)
-        self.dfl = DFL(self.bins)
-        self._anchor_cache: tuple[tuple, Tensor, Tensor] | None = None
         self.init_weights(prior_prob)
 
     @torch.no_grad()
@@ -86,21 +81,3 @@ class ZeroHead(Head):
             reg.weight.mul_(scale)
             reg.bias.mul_(scale)
         self.scales = None
-
-    def anchors(self, maps: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Grid-corner anchor points ``(A, 2)`` in grid units and strides ``(A, 1)``, cached per map sizes."""
-        key = tuple(m.shape[2:] for m in maps) + (maps[0].device, maps[0].dtype)
-        if self._anchor_cache is None or self._anchor_cache[0] != key or torch.jit.is_tracing():
-            shapes = [tuple(m.shape[2:]) for m in maps]
-            pts, st = make_anchors(shapes, self.strides, self.anchor_offset, maps[0].device, maps[0].dtype)
-            self._anchor_cache = (key, pts, st)
-        return self._anchor_cache[1], self._anchor_cache[2]
-
-    def decode(self, maps: list[Tensor]) -> Tensor:
-        """Raw maps -> ``(B, 4 + nc, A)``: softmax over the bins, expected distance x stride, xyxy; sigmoid."""
-        b = maps[0].shape[0]
-        flat = torch.cat([m.view(b, self.no, -1) for m in maps], 2)  # (B, no, A)
-        dist, logits = flat.split((4 * self.bins, self.nc), 1)
-        points, stride = self.anchors(maps)
-        boxes = dist2bbox(self.dfl(dist), points.t().unsqueeze(0), dim=1) * stride.t()
-        return torch.cat((boxes, logits.sigmoid()), 1)
