@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tiny_models import tiny_detector
 from torch import nn
 
 from deploy.preprocess import preprocess
@@ -43,18 +44,7 @@ def bccd_images(n: int, start: int = 0) -> list[np.ndarray]:
     return [cv2.imread(str(f)) for f in files]
 
 
-TINY = {
-    "name": "tiny",
-    "nc": 3,
-    "backbone": [
-        {"Conv": {"out": 8, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2, "tag": "B3"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B4"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B5"}},
-    ],
-    "head": [{"DDetect": {"from": ["B3", "B4", "B5"]}}],
-}
+TINY = tiny_detector()
 
 
 def tiny_model(seed: int = 0) -> DetectionModel:

@@ -183,23 +183,11 @@ def test_bad_inputs_raise_clearly(name):
 
 @pytest.mark.parametrize("with_boxes", [True, False])
 def test_real_ddetect_every_parameter_gets_a_gradient(with_boxes):
+    from tiny_models import tiny_detector
+
     from detector.model import build_model
 
-    model = build_model(
-        {
-            "name": "tiny",
-            "nc": NC,
-            "backbone": [
-                {"Conv": {"out": 8, "k": 3, "s": 2}},
-                {"Conv": {"out": 16, "k": 3, "s": 2}},
-                {"Conv": {"out": 16, "k": 3, "s": 2, "tag": "B3"}},
-                {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B4"}},
-                {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B5"}},
-            ],
-            "neck": [{"Identity": {"from": "B3", "tag": "P3"}}],
-            "head": [{"DDetect": {"from": ["P3", "B4", "B5"]}}],
-        }
-    ).train()
+    model = build_model(tiny_detector(), nc=NC).train()
     head = model.main_head
     loss_fn = LOSSES.get(head.loss)(head)
     images = BOXES["tal"] if with_boxes else [[], []]

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_detector
 
 from detector.config import ConfigError
 from detector.model import build_model
 
-TINY = {
-    "name": "tiny",
-    "nc": 3,
-    "backbone": [
-        {"Conv": {"out": 8, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2, "tag": "B3"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B4"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B5"}},
-    ],
-    "neck": [{"Identity": {"from": "B3", "tag": "P3"}}],
-    "head": [{"DDetect": {"from": ["P3", "B4", "B5"]}}],
-}
+TINY = tiny_detector()
 
 
 def test_widths_strides_and_outputs():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_detector
 
 from detector import Detector, Results
 from detector.checkpoint import save_checkpoint
@@ -22,19 +23,7 @@ from detector.model import build_model
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "datasets/bccd/JPEGImages").glob("*.jpg"))[:3]
 NAMES = ["Platelets", "RBC", "WBC"]
-TINY = {
-    "name": "tiny-predict",
-    "nc": 3,
-    "backbone": [
-        {"Conv": {"out": 8, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2, "tag": "B3"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B4"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B5"}},
-    ],
-    "neck": [{"Identity": {"from": "B3", "tag": "P3"}}],
-    "head": [{"DDetect": {"from": ["P3", "B4", "B5"]}}],
-}
+TINY = tiny_detector()
 
 
 @pytest.fixture(scope="module")
