@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from backbone_kit import randomize_norms, rel_diff
 from torch import nn
 
 from detector.info import count_params
@@ -17,33 +18,6 @@ from detector.model import DetectionModel, build_model
 
 SIZE = 128
 DEPLOY_PARAMS = {"t": 2.41e6, "s": 7.11e6, "m": 19.98e6, "c": 25.29e6, "e": 57.35e6}  # MODELS.md, fused
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU forwards gain nothing from intra-op threads, and on a shared machine OpenMP's spin-waiting
-    makes them many times slower; run this module single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm running statistics and affine parameters far from their (0, 1) defaults."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 class Pair:
@@ -58,7 +32,7 @@ class Pair:
         self.size = size
         self.x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
         self.pgi = build_model(f"yolov9-{size}")
-        randomize_batchnorm(self.pgi)
+        randomize_norms(self.pgi)
         self.pgi.eval()
         self.n_layers_pgi = len(self.pgi.layers)
         with torch.no_grad():

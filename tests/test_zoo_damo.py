@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from backbone_kit import randomize_norms
 from torch import nn
 
 from detector.config import ConfigError
@@ -60,22 +61,12 @@ def test_widths_and_strides(built):
     assert tags["N5"].width == tags["B5"].width and tags["N4"].width == tags["B4"].width
 
 
-def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.2)
-
-
 @torch.no_grad()
 def test_deploy_fusion_matches(built):
     name, model = built
     gen = torch.Generator().manual_seed(1)
     model = copy.deepcopy(model)
-    _randomise_bn(model, gen)
+    randomize_norms(model, seed=1)
     head = model.main_head
     for conv in [*head.cls, *head.reg]:
         conv.reset_parameters()  # the N(0, 0.01) init would hide the features behind the class bias
@@ -140,7 +131,7 @@ def test_zerohead_decode_grid_corners_and_integral():
 def test_repconv_fuse_stride2():
     torch.manual_seed(0)
     m = RepConv(6, 10, 3, 2, act="relu")
-    _randomise_bn(m, torch.Generator().manual_seed(3))
+    randomize_norms(m, seed=3)
     m.eval()
     x = torch.randn(2, 6, 15, 15)
     ref = m(x)

@@ -17,22 +17,11 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-import torch
 
 from detector.info import count_flops, count_params, model_summary
 from detector.model import DetectionModel, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU forwards gain nothing from intra-op threads, and on a shared machine OpenMP's spin-waiting
-    makes them many times slower; run this module single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backbone_kit import randomize_norms
 from torch import nn
 
 from detector.config import ConfigError, read_yaml
@@ -149,22 +150,11 @@ def test_blocks():
         build_model(cfg)
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-
-
 @pytest.mark.parametrize("name", ["leyolo-n", "leyolo-m", "gelan-s-fpan"])
 def test_fused_matches_unfused(name):
     torch.manual_seed(0)
     model = build_model(name, nc=3)
-    _randomize_bn(model)
+    randomize_norms(model)
     model.eval()
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
