@@ -160,6 +160,7 @@ def export(
     max_det: int = 300,
     out: str | Path | None = None,
     dynamic_hw: bool = False,
+    plugins: bool = False,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -170,6 +171,7 @@ def export(
     thresholds ``conf``/``iou`` and ``max_det`` boxes per image. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    ``plugins``: SKA and the post-processing as custom nodes for our TensorRT plugins (``detector.export_plugins``).
     """
     import onnx
 
@@ -183,6 +185,10 @@ def export(
     if half:
         model.half()
     graph = DeployGraph(model).eval()
+    if plugins:  # custom nodes for our TensorRT plugins; output0 holds the top-K candidates
+        from detector import export_plugins
+
+        graph = export_plugins.plugin_graph(model, conf)
     sample = torch.zeros(batch, 3, h, w)
     target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
     if format == "engine" and target.suffix == ".onnx":
@@ -198,6 +204,8 @@ def export(
         ) from e
     if simplify:
         proto = simplify_onnx(proto)
+    if plugins:
+        export_plugins.declare_plugin_graph(proto, None if dynamic else batch, model.nc)
     if nms != "none":
         add_nms(proto, nms, conf, iou, max_det, opset)
     meta = ModelMetadata(
@@ -221,6 +229,8 @@ def export(
     for k, v in meta.to_props().items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     proto.producer_name, proto.producer_version = "detector", __version__
+    if plugins:
+        export_plugins.add_plugin_metadata(proto)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
@@ -229,6 +239,8 @@ def export(
     LOG.info("wrote %s", onnx_path)
     if format == "onnx":
         return onnx_path
+    if plugins:
+        export_plugins.register_for_engine()
     return _build_engine(onnx_path, target, meta, half, workspace)
 
 
@@ -273,6 +285,7 @@ class ExportArgs:
     iou: float = 0.7
     max_det: int = 300
     out: str | None = None
+    plugins: bool = False
 
 
 def cli_export(argv: list[str]) -> int:
@@ -302,6 +315,7 @@ def cli_export(argv: list[str]) -> int:
         max_det=args.max_det,
         out=args.out,
         dynamic_hw=args.dynamic_hw,
+        plugins=args.plugins,
     )
     print(f"exported {path}")
     return 0

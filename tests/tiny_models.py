@@ -22,3 +22,21 @@ _TINY = {
 def tiny_detector() -> dict:
     """A fresh copy of the tiny model dict (callers may edit it)."""
     return copy.deepcopy(_TINY)
+
+
+_TINY_LSNET = {
+    "name": "tiny-lsnet",
+    "nc": 3,
+    "backbone": [
+        {"LSNetStem": {"out": 16}},
+        {"LSNetStage": {"out": 16, "depth": 0, "s": 1, "tag": "B3"}},
+        {"LSNetStage": {"out": 32, "depth": 2, "tag": "B4"}},  # block 1 of a stage is an LSConv (SKA)
+        {"LSNetStage": {"out": 32, "depth": 2, "tag": "B5"}},
+    ],
+    "head": [{"DDetect": {"from": ["B3", "B4", "B5"]}}],
+}
+
+
+def tiny_lsnet_detector() -> dict:
+    """A fresh copy of the smallest detector with LSNet SKA blocks (two LSConvs; 3 classes)."""
+    return copy.deepcopy(_TINY_LSNET)

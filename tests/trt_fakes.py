@@ -303,3 +303,63 @@ def make_tensorrt(major: int = 10) -> types.ModuleType:
     trt.Builder = lambda logger: FakeBuilder(trt, logger)
     trt.OnnxParser = FakeParser
     return trt
+
+
+# ---------------------------------------------------------------- tensorrt.plugin (Python plugin API) ---------
+
+
+class FakeTensorDesc:
+    """``tensorrt.plugin.TensorDesc``: a shape (here plain ints stand for shape expressions) and a dtype."""
+
+    def __init__(self, shape, dtype) -> None:
+        self.shape_expr, self.dtype = tuple(shape), dtype
+
+    def like(self) -> FakeTensorDesc:
+        return FakeTensorDesc(self.shape_expr, self.dtype)
+
+
+def make_tensorrt_plugin() -> types.ModuleType:
+    """A ``tensorrt.plugin`` module whose decorators record what was registered in ``plugins[plugin_id]``.
+
+    Like TensorRT it refuses a second ``register`` of one id and an ``impl``/``autotune`` for an id never
+    registered, and it checks that ``impl`` takes a subset of ``register``'s attributes plus outputs and stream.
+    """
+    import inspect
+
+    trtp = types.ModuleType("tensorrt.plugin")
+    trtp.plugins = {}
+    trtp.TensorDesc, trtp.Tensor = FakeTensorDesc, object
+    trtp.from_shape_expr = lambda shape, dtype: FakeTensorDesc(shape, dtype)
+    trtp.AutoTuneCombination = lambda spec="": types.SimpleNamespace(spec=spec)
+
+    def register(plugin_id: str, lazy_register: bool = False):
+        def wrap(fn):
+            if plugin_id in trtp.plugins:
+                raise ValueError(f"plugin {plugin_id} is already registered")
+            if "::" not in plugin_id:
+                raise ValueError(f"plugin id {plugin_id!r} must be namespace::name")
+            params = inspect.signature(fn).parameters
+            missing = [n for n, p in params.items() if p.annotation is inspect.Parameter.empty]
+            if missing:
+                raise TypeError(f"{plugin_id}: register needs type hints on {missing}")
+            trtp.plugins[plugin_id] = {"desc": fn, "params": list(params)}
+            return fn
+
+        return wrap
+
+    def attach(kind: str, plugin_id: str, trailing: tuple[str, ...]):
+        def wrap(fn):
+            if plugin_id not in trtp.plugins:
+                raise ValueError(f"{kind} for {plugin_id}, which is not registered")
+            names = list(inspect.signature(fn).parameters)
+            assert names[-len(trailing) :] == list(trailing), f"{plugin_id}: {kind} must end with {trailing}"
+            assert set(names[: -len(trailing)]) <= set(trtp.plugins[plugin_id]["params"]), names
+            trtp.plugins[plugin_id][kind] = fn
+            return fn
+
+        return wrap
+
+    trtp.register = register
+    trtp.impl = lambda plugin_id: attach("impl", plugin_id, ("outputs", "stream"))
+    trtp.autotune = lambda plugin_id: attach("autotune", plugin_id, ("outputs",))
+    return trtp
