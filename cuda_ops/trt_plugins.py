@@ -11,10 +11,12 @@ contract both sides share lives here:
 
 - ``SKA`` (``detector::SKA``): inputs ``x (B, C, H, W)``, ``w (B, G, k*k, H, W)``, same dtype (float32 or
   float16); attributes ``kernel_size`` (int k), ``groups`` (int G); output ``y (B, C, H, W)``, x's dtype.
-- ``DecodeTopK`` (``detector::DecodeTopK``): inputs ``raw (B, 4*reg_max + nc, A)``, ``points (A, 2)``,
-  ``strides (A, 1)``, float32; attributes ``num_classes``, ``reg_max``, ``conf_threshold`` (float),
-  ``max_candidates`` (K), ``multi_label`` (0/1); outputs ``boxes (B, K, 4)`` float32 xyxy, ``scores (B, K)``
-  float32, ``classes (B, K)`` int32, ``counts (B,)`` int32.
+- ``DecodeTopK`` (``detector::DecodeTopK``): inputs the head's three raw maps ``(B, 4*reg_max + nc, H_i, W_i)``
+  (strides 8/16/32 order), float32 or float16; attributes ``strides`` (floats, one per map), ``reg_max``,
+  ``conf_threshold``, ``max_candidates`` (K), ``multi_label`` (0/1), ``anchor_offset``; outputs
+  ``boxes (B, K, 4)`` float32 xyxy input pixels, ``scores (B, K)`` float32 descending, ``labels (B, K)`` int32,
+  ``counts (B,)`` int32: each row's first ``counts[b]`` slots are the candidates scoring above the threshold
+  (``fixed_k`` pads decode_topk's ``min(K, A)`` slots to K).
 
 Both ONNX nodes carry ``plugin_namespace="detector"`` and ``plugin_version="1"``: TensorRT's ONNX parser maps a
 node whose op_type equals a registered plugin name, in that namespace, onto the plugin. The plugins run as
@@ -36,7 +38,7 @@ SKA = "SKA"
 DECODE_TOPK = "DecodeTopK"
 ATTRIBUTES = {
     SKA: ("kernel_size", "groups"),
-    DECODE_TOPK: ("num_classes", "reg_max", "conf_threshold", "max_candidates", "multi_label"),
+    DECODE_TOPK: ("strides", "reg_max", "conf_threshold", "max_candidates", "multi_label", "anchor_offset"),
 }
 """The plugin attributes of each op, in the order the ONNX node and ``register`` declare them."""
 
@@ -46,6 +48,21 @@ _registered: set[tuple[int, str]] = set()  # (id of the tensorrt.plugin module, 
 def plugin_id(name: str) -> str:
     """``"SKA"`` -> ``"detector::SKA"``."""
     return f"{NAMESPACE}::{name}"
+
+
+def fixed_k(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``cuda_ops.decode_topk``'s ``(B, K', ...)`` candidates as the plugin's outputs: exactly ``k`` slots (new
+    slots invalid and zero), float32 boxes/scores, int32 labels and per-row valid counts."""
+    n = boxes.shape[1]
+    if n < k:
+        b, pad = boxes.shape[0], k - n
+        boxes = torch.cat((boxes, boxes.new_zeros(b, pad, 4)), 1)
+        scores = torch.cat((scores, scores.new_zeros(b, pad)), 1)
+        labels = torch.cat((labels, labels.new_zeros(b, pad)), 1)
+        valid = torch.cat((valid, valid.new_zeros(b, pad)), 1)
+    return boxes[:, :k].float(), scores[:, :k].float(), labels[:, :k].int(), valid[:, :k].sum(1).int()
 
 
 def _cuda_tensor(t: Any) -> torch.Tensor:
@@ -114,20 +131,24 @@ def _define_ska(trtp: Any, trt: Any, as_torch: Callable[[Any], torch.Tensor]) ->
 
 
 def _define_decode_topk(trtp: Any, trt: Any, as_torch: Callable[[Any], torch.Tensor]) -> None:
+    import numpy as np
+    import numpy.typing as npt
+
     pid = plugin_id(DECODE_TOPK)
 
     @trtp.register(pid)
     def decode_desc(
-        raw: trtp.TensorDesc,
-        points: trtp.TensorDesc,
-        strides: trtp.TensorDesc,
-        num_classes: int,
+        maps0: trtp.TensorDesc,
+        maps1: trtp.TensorDesc,
+        maps2: trtp.TensorDesc,
+        strides: npt.NDArray[np.float32],
         reg_max: int,
         conf_threshold: float,
         max_candidates: int,
         multi_label: int,
+        anchor_offset: float,
     ) -> tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
-        b, k = raw.shape_expr[0], max_candidates
+        b, k = maps0.shape_expr[0], max_candidates
         return (
             trtp.from_shape_expr((b, k, 4), dtype=trt.DataType.FLOAT),
             trtp.from_shape_expr((b, k), dtype=trt.DataType.FLOAT),
@@ -136,21 +157,18 @@ def _define_decode_topk(trtp: Any, trt: Any, as_torch: Callable[[Any], torch.Ten
         )
 
     @trtp.autotune(pid)
-    def decode_autotune(raw, points, strides, outputs):
-        return [trtp.AutoTuneCombination("FP32, FP32, FP32, FP32, FP32, INT32, INT32")]
+    def decode_autotune(maps0, maps1, maps2, outputs):
+        return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP32, FP32|FP32, INT32|INT32, INT32|INT32")]
 
     @trtp.impl(pid)
-    def decode_impl(
-        raw, points, strides, num_classes, reg_max, conf_threshold, max_candidates, multi_label, outputs, stream
-    ):
+    def decode_impl(maps0, maps1, maps2, strides, reg_max, conf_threshold, max_candidates, multi_label, anchor_offset, outputs, stream):
         import cuda_ops
 
-        ins = [as_torch(t) for t in (raw, points, strides)]
-        outs = [as_torch(t) for t in outputs]
+        maps = [as_torch(t) for t in (maps0, maps1, maps2)]
         with _on_stream(stream):
             got = cuda_ops.decode_topk(
-                *ins, nc=num_classes, reg_max=reg_max, conf=conf_threshold, k=max_candidates,
-                multi_label=bool(multi_label), impl="auto",
+                maps, [float(s) for s in strides], reg_max=reg_max, conf=conf_threshold,
+                max_candidates=max_candidates, multi_label=bool(multi_label), offset=anchor_offset, impl="auto",
             )  # fmt: skip
-            for dst, src in zip(outs, got):
-                dst.copy_(src.reshape(dst.shape))
+            for dst, src in zip((as_torch(t) for t in outputs), fixed_k(*got, max_candidates)):
+                dst.copy_(src)

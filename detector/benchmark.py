@@ -1,7 +1,9 @@
 """``detector benchmark``: median latency and throughput of one model per backend and batch size.
 
 Backends: ``torch`` (eval form: auxiliary branches dropped, nothing fused), ``torch-fused`` (the deploy form:
-RepConv/BN fused), ``onnx`` (exported with dynamic batch, run by ONNX Runtime) and ``engine`` (TensorRT). Each
+RepConv/BN fused), ``onnx`` (exported with dynamic batch, run by ONNX Runtime), ``engine`` (TensorRT), ``graph``
+(the deploy form in fp16, channels-last, with our kernels, replayed as a CUDA graph: body + fused decode/top-K)
+and ``graph-ref`` (the same graph with the kernels' PyTorch references instead of the kernels). Each
 (backend, batch) is warmed up, then timed ``runs`` times around one forward; on CUDA the timing includes
 ``torch.cuda.synchronize()`` (torch) or the runner's stream synchronisation. Torch backends time the forward on
 a batch already on the device; the deploy runners take a host batch, so their time includes the copies in and
@@ -26,7 +28,7 @@ from detector.config import ConfigError
 from detector.model import DetectionModel
 
 Forward = Callable[[], object]
-ALL_BACKENDS = ("torch", "torch-fused", "onnx", "engine")
+ALL_BACKENDS = ("torch", "torch-fused", "onnx", "engine", "graph", "graph-ref")
 
 
 class BackendUnavailable(Exception):
@@ -144,11 +146,32 @@ def _engine_backend(bench: Bench, batch: int) -> Forward:
     return lambda: runner(x)
 
 
+def _graph_backend(kernels: bool | str) -> Callable[[Bench, int], Forward]:
+    def prepare(bench: Bench, batch: int) -> Forward:
+        if bench.device.type != "cuda":
+            raise BackendUnavailable("the graph backend replays CUDA graphs: it needs device=cuda")
+        from detector.predict.graph_backend import GraphBackend
+
+        backend = GraphBackend(copy.deepcopy(bench.model).to_deploy(), bench.device, half=True, kernels=kernels)
+        x = backend.prepare(torch.from_numpy(bench.host_batch(batch)))
+
+        def forward():
+            out = backend.candidates(x, conf=0.25)
+            torch.cuda.synchronize(bench.device)
+            return out
+
+        return forward
+
+    return prepare
+
+
 BACKENDS: dict[str, Callable[[Bench, int], Forward]] = {
     "torch": _torch_backend(fused=False),
     "torch-fused": _torch_backend(fused=True),
     "onnx": _onnx_backend,
     "engine": _engine_backend,
+    "graph": _graph_backend(kernels="auto"),
+    "graph-ref": _graph_backend(kernels=False),
 }
 
 
@@ -241,7 +264,7 @@ def _as_yaml_list(item: str, keys: tuple[str, ...]) -> str:
 
 
 def cli_benchmark(argv: list[str]) -> int:
-    """``detector benchmark model=... [backends=torch,torch-fused,onnx,engine] [batch=1,8,32] [imgsz=640]
+    """``detector benchmark model=... [backends=torch,torch-fused,onnx,engine,graph,graph-ref] [batch=1,8,32] [imgsz=640]
     [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [threads=N] [out=CSV]``; ``threads`` sets the CPU
     threads of torch and ONNX Runtime alike (default: their own)."""
     from detector.config import load

@@ -6,9 +6,10 @@ themselves are in ``cuda_ops.trt_plugins``):
 - ``SKA`` replaces the nine Pad/Slice/Mul/Add chains of each LSNet small-kernel aggregation (which move 9x the
   bytes) by one node; attributes ``kernel_size``, ``groups``.
 - ``DecodeTopK`` replaces the dense decode (DFL softmax, anchors, sigmoid, the full ``(B, 4 + nc, A)``) by the
-  fused decode + class scores + threshold + per-image top-K; attributes ``num_classes``, ``reg_max``,
-  ``conf_threshold`` (the export's ``conf``), ``max_candidates`` (K), ``multi_label`` (1: one candidate per
-  (anchor, class) above the threshold, as the exported NMS variants keep them).
+  fused decode + class scores + threshold + per-image top-K over the three raw head maps; attributes
+  ``strides``, ``reg_max``, ``conf_threshold`` (the export's ``conf``), ``max_candidates`` (K),
+  ``multi_label`` (1: one candidate per (anchor, class) above the threshold, as the exported NMS variants keep
+  them), ``anchor_offset``.
 
 The graph still ends in ``output0 (B, 4 + nc, K)`` in the usual layout (boxes, then per-class scores; the K
 candidates instead of all A anchors, empty slots scored -1), so ``nms=onnx``/``nms=trt`` append to it exactly as
@@ -30,11 +31,12 @@ import torch
 from onnx import helper
 from torch import Tensor, nn
 
-from cuda_ops.trt_plugins import DECODE_TOPK, NAMESPACE, SKA, VERSION
+from cuda_ops.trt_plugins import DECODE_TOPK, NAMESPACE, SKA, VERSION, fixed_k
+from detector.errors import DetectorError
 from detector.model import DetectionModel
 from detector.nn.kernel_swap import swap_ska
 from detector.nn.ska import ska
-from detector.predict.candidates import DEFAULT_TOPK, Candidates, decode_candidates, head_inputs, pack_dense
+from detector.predict.graph_backend import DEFAULT_TOPK
 
 DOMAIN = NAMESPACE
 DOMAIN_VERSION = 1
@@ -69,54 +71,74 @@ def ska_node(x: Tensor, w: Tensor) -> Tensor:
 
 
 class _DecodeTopKNode(torch.autograd.Function):
-    """Traced as one ``detector::DecodeTopK`` node with four outputs; computes the reference while tracing."""
+    """Traced as one ``detector::DecodeTopK`` node (three raw maps in, four outputs); eagerly the reference."""
 
     @staticmethod
-    def forward(ctx, raw, points, strides, nc: int, bins: int, conf: float, k: int, multi_label: bool):
+    def forward(ctx, m0, m1, m2, strides: tuple, reg_max: int, conf: float, k: int, multi_label: bool, offset: float):
         if torch.jit.is_tracing():
-            b = raw.shape[0]
-            z = raw.new_zeros
-            return z(b, k, 4), z(b, k), z(b, k, dtype=torch.int32), z(b, dtype=torch.int32)
-        c = decode_candidates(raw, points, strides, nc, bins, conf, k, multi_label, impl="reference")
-        return c.boxes.float(), c.scores.float(), c.classes.to(torch.int32), c.counts.to(torch.int32).reshape(-1)
+            b = m0.shape[0]
+            z = m0.new_zeros
+            return z(b, k, 4).float(), z(b, k).float(), z(b, k, dtype=torch.int32), z(b, dtype=torch.int32)
+        import cuda_ops
+
+        got = cuda_ops.decode_topk(
+            [m0, m1, m2], list(strides), reg_max, conf, k, multi_label, offset=offset, impl="reference"
+        )
+        return fixed_k(*got, k)
 
     @staticmethod
-    def symbolic(g, raw, points, strides, nc: int, bins: int, conf: float, k: int, multi_label: bool):
-        boxes, scores, classes, counts = g.op(
-            f"{DOMAIN}::{DECODE_TOPK}", raw, points, strides, outputs=4,
-            num_classes_i=nc, reg_max_i=bins, conf_threshold_f=conf, max_candidates_i=k,
-            multi_label_i=int(multi_label), **PLUGIN_ATTRS,
+    def symbolic(g, m0, m1, m2, strides: tuple, reg_max: int, conf: float, k: int, multi_label: bool, offset: float):
+        boxes, scores, labels, counts = g.op(
+            f"{DOMAIN}::{DECODE_TOPK}", m0, m1, m2, outputs=4,
+            strides_f=[float(s) for s in strides], reg_max_i=reg_max, conf_threshold_f=conf, max_candidates_i=k,
+            multi_label_i=int(multi_label), anchor_offset_f=offset, **PLUGIN_ATTRS,
         )  # fmt: skip
-        b = raw.type().sizes()[0] if raw.type().sizes() else None
+        b = m0.type().sizes()[0] if m0.type().sizes() else None
         return (
-            _typed(boxes, raw, torch.float32, [b, k, 4]),
-            _typed(scores, raw, torch.float32, [b, k]),
-            _typed(classes, raw, torch.int32, [b, k]),
-            _typed(counts, raw, torch.int32, [b]),
+            _typed(boxes, m0, torch.float32, [b, k, 4]),
+            _typed(scores, m0, torch.float32, [b, k]),
+            _typed(labels, m0, torch.int32, [b, k]),
+            _typed(counts, m0, torch.int32, [b]),
         )
+
+
+def pack_dense(boxes: Tensor, scores: Tensor, labels: Tensor, counts: Tensor, nc: int) -> Tensor:
+    """Candidates -> ``(Tensor[B, 4 + nc, K])`` in ``output0``'s layout: boxes, then the score in its class's
+    row (0 in the others); slots past ``counts`` score -1 in every row, so a threshold >= 0 never keeps them."""
+    k = scores.shape[1]
+    valid = torch.arange(k, device=scores.device)[None, :] < counts.long().reshape(-1, 1)  # (B, K)
+    onehot = labels.long()[..., None] == torch.arange(nc, device=scores.device)  # (B, K, nc)
+    per_class = torch.where(onehot, scores[..., None], torch.zeros((), dtype=scores.dtype))
+    per_class = torch.where(valid[..., None], per_class, torch.full((), -1.0, dtype=scores.dtype))
+    return torch.cat((boxes, per_class), 2).transpose(1, 2)  # (B, 4 + nc, K)
 
 
 class PluginDeployGraph(nn.Module):
     """What gets traced with ``plugins=True``: ``images (Tensor[B, 3, H, W])`` float32 -> ``(Tensor[B, 4 + nc, K])``.
 
-    The body runs in the model's dtype with every SKA as a plugin node; the head's raw maps go, in float32,
-    into one ``DecodeTopK`` node, whose candidates are laid out like ``output0`` (see ``pack_dense``).
+    The body runs in the model's dtype with every SKA as a plugin node; the head's three raw maps go into one
+    ``DecodeTopK`` node, whose candidates are laid out like ``output0`` (see ``pack_dense``).
     """
 
     def __init__(self, model: DetectionModel, conf: float, k: int = DEFAULT_TOPK, multi_label: bool = True) -> None:
         super().__init__()
-        self.model = model
-        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is model.main_head)
+        head = model.main_head
+        if len(head.strides) != 3:
+            raise DetectorError(
+                f"export plugins=True: the DecodeTopK plugin takes 3 head levels, {model.yaml.get('name')} has "
+                f"{len(head.strides)}; export without plugins"
+            )
+        self.model, self.head = model, head
+        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is head)
         self.dtype = next(model.parameters()).dtype
         self.conf, self.k, self.multi_label = float(conf), int(k), bool(multi_label)
         self.n_ska = swap_ska(model, ska_node)
 
     def forward(self, images: Tensor) -> Tensor:
-        head = self.model.main_head
+        h = self.head
         maps = self.model(images.to(self.dtype), decode=False)[self.tag]
-        raw, points, strides = head_inputs(head, maps)
-        out = _DecodeTopKNode.apply(raw, points, strides, head.nc, head.bins, self.conf, self.k, self.multi_label)
-        return pack_dense(Candidates(*out), head.nc)
+        args = (tuple(h.strides), h.bins, self.conf, self.k, self.multi_label, float(h.anchor_offset))
+        return pack_dense(*_DecodeTopKNode.apply(*maps, *args), h.nc)
 
 
 def plugin_graph(model: DetectionModel, conf: float, k: int = DEFAULT_TOPK) -> PluginDeployGraph:

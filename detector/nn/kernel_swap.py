@@ -3,8 +3,10 @@
 Two callers need the same blocks computed differently: the ``graph`` backend runs SKA through our Triton kernel
 (``cuda_ops.ska``), and ``export plugins=True`` traces SKA as one custom ONNX node for a TensorRT plugin. Both
 replace each ``LSConv`` by ``LSConvWith(lsconv, ska_fn)``, which keeps the block's own weights and only changes
-the function that aggregates. ``swap_modules`` does the walk; it never touches the caller's model when given a
-copy, and it reports how many blocks it replaced so a caller can tell "nothing to swap" from "swapped".
+the function that aggregates. The graph backend also replaces each fused depthwise 3x3 ``Conv`` directly followed
+by a pointwise ``Conv`` in a ``Sequential`` (LeYOLO's inverted bottlenecks, LSNet's stage transitions) by
+``DwPw``, one ``cuda_ops.dw_pw`` call that keeps the depthwise output on chip. The swaps modify the model in
+place and return how many blocks they replaced.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from detector.nn.conv import Conv
 from detector.nn.lsnet import LSConv
 
 SkaFn = Callable[[Tensor, Tensor], Tensor]
@@ -54,3 +57,58 @@ def swap_modules(model: nn.Module, replace: dict[type, Callable[[nn.Module], nn.
 def swap_ska(model: nn.Module, ska_fn: SkaFn) -> int:
     """Every ``LSConv`` of ``model`` aggregates through ``ska_fn``; returns how many were swapped."""
     return swap_modules(model, {LSConv: lambda m: LSConvWith(m, ska_fn)})
+
+
+DW_PW_ACTS: dict[type, str | None] = {nn.Identity: None, nn.ReLU: "relu", nn.SiLU: "silu"}
+"""Activations ``cuda_ops.dw_pw`` applies in its epilogues."""
+
+
+def _fused_conv(m: nn.Module, k: int) -> nn.Conv2d | None:
+    """The conv of a fused (BN folded) ``Conv`` with a ``k x k`` kernel and a supported activation, else None."""
+    if not isinstance(m, Conv) or not isinstance(m.bn, nn.Identity) or type(m.act) not in DW_PW_ACTS:
+        return None
+    c = m.conv
+    if c.kernel_size != (k, k) or c.dilation != (1, 1) or c.padding != (k // 2, k // 2):
+        return None
+    return c
+
+
+class DwPw(nn.Module):
+    """A fused depthwise 3x3 ``Conv`` and the pointwise ``Conv`` after it as one ``cuda_ops.dw_pw`` call.
+
+    Holds both original modules (same weights). Shapes: (B, C, H, W) -> (B, N, H/s, W/s).
+    """
+
+    def __init__(self, dw: Conv, pw: Conv, impl: str) -> None:
+        super().__init__()
+        self.dw, self.pw, self.impl = dw, pw, impl
+        self.acts = (DW_PW_ACTS[type(dw.act)], DW_PW_ACTS[type(pw.act)])
+
+    @staticmethod
+    def _bias(c: nn.Conv2d):
+        return c.bias if c.bias is not None else c.weight.new_zeros(c.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        import cuda_ops
+
+        d, p = self.dw.conv, self.pw.conv
+        return cuda_ops.dw_pw(
+            x, d.weight, self._bias(d), p.weight, self._bias(p), act=self.acts, stride=d.stride[0], impl=self.impl
+        )
+
+
+def swap_dw_pw(model: nn.Module, impl: str) -> int:
+    """Every depthwise 3x3 ``Conv`` (stride 1 or 2) followed by a 1x1 ``Conv`` inside a ``Sequential`` becomes a
+    ``DwPw`` (the pointwise slot becomes an ``Identity``, so indices stay); returns how many pairs were fused.
+    Call after ``fuse()``: BN must already be folded into both convs."""
+    count = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            dw, pw = _fused_conv(seq[i], 3), _fused_conv(seq[i + 1], 1)
+            if dw is None or pw is None or not (dw.groups == dw.in_channels == dw.out_channels == pw.in_channels):
+                continue
+            if dw.stride not in ((1, 1), (2, 2)) or pw.stride != (1, 1) or pw.groups != 1:
+                continue
+            seq[i], seq[i + 1] = DwPw(seq[i], seq[i + 1], impl), nn.Identity()
+            count += 1
+    return count

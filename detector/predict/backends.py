@@ -132,9 +132,26 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
 """File suffix -> loader ``(path, device, half, deploy) -> Backend``; exported formats add theirs here."""
 
 
-def load_backend(model: str | Path, device=None, half: bool = False, deploy: bool = True, nc=None) -> Backend:
-    """Pick the backend for ``model`` (checkpoint, exported file, zoo name or YAML)."""
+def _graph_backend(model: str | Path, device: torch.device, half: bool) -> Backend:
+    from detector.predict.graph_backend import load_graph_backend
+
+    return load_graph_backend(model, device)  # always fp16: the graph runtime's deploy form
+
+
+RUNTIMES: dict[str, Callable[..., Backend]] = {"graph": _graph_backend}
+"""``backend=`` name -> loader ``(model, device, half) -> Backend`` for runtimes chosen by name, not by suffix."""
+
+
+def load_backend(
+    model: str | Path, device=None, half: bool = False, deploy: bool = True, nc=None, backend: str = "auto"
+) -> Backend:
+    """Pick the backend for ``model`` (checkpoint, exported file, zoo name or YAML); ``backend`` names a runtime
+    of ``RUNTIMES`` ("graph") instead of the one the model's file type implies ("auto")."""
     dev = select_device(device)
+    if backend not in ("auto", *RUNTIMES):
+        raise DetectorError(f"backend={backend!r}: choose 'auto' or one of {', '.join(RUNTIMES)}")
+    if backend != "auto":
+        return RUNTIMES[backend](model, dev, half)
     suffix = Path(str(model)).suffix.lower()
     if suffix in BACKENDS:
         path = Path(model)

@@ -30,6 +30,7 @@ class PredictConfig:
     batch: int = 1
     device: str | None = None
     half: bool = False
+    backend: str = "auto"  # "graph": CUDA-graph runtime with our kernels (fp16, needs a GPU)
     save: bool = True  # annotated images / videos
     save_txt: bool = False  # YOLO txt labels (with confidence) per image
     save_json: bool = False  # predictions.json with every image's detections
@@ -95,7 +96,7 @@ def cli_predict(argv: list[str]) -> int:
     cfg = load(PredictConfig, [], argv)
     if not cfg.model or not cfg.source:
         raise ConfigError("detector predict: give model=CKPT_OR_NAME and source=PATH (file, directory, glob or video)")
-    det = Detector(cfg.model, device=cfg.device, half=cfg.half)
+    det = Detector(cfg.model, device=cfg.device, half=cfg.half, backend=cfg.backend)
     out_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
     writer = _Writer(cfg, out_dir)
     total = _expected_frames(cfg.source)

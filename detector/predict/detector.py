@@ -42,15 +42,23 @@ class Detector:
     >>> results = det.predict("images/", conf=0.25)      # list of Results, one per image
 
     Args:
-        model: zoo name, model YAML, ``.pt`` checkpoint, or an exported ``.onnx`` / ``.engine`` file.
+        model: zoo name, model YAML, ``.pt`` checkpoint, an exported ``.onnx`` / ``.engine`` file, or a ready
+            backend object (``detector.predict.backends.Backend``, e.g. a configured ``GraphBackend``).
         device: ``"cpu"``, ``"cuda"``, ``"0"``, or None for CUDA when available.
         half: fp16 inference on CUDA. deploy: fuse into the deploy form (PyTorch backends).
+        backend: "auto" (by the model's file type) or "graph" (CUDA-graph runtime with our kernels, fp16).
     """
 
     def __init__(
-        self, model: str | Path = "gelan-t", device: str | None = None, half: bool = False, deploy: bool = True
+        self,
+        model: str | Path = "gelan-t",
+        device: str | None = None,
+        half: bool = False,
+        deploy: bool = True,
+        backend: str = "auto",
     ):
-        self.backend: Backend = load_backend(model, device, half, deploy)
+        is_path = isinstance(model, (str, Path))
+        self.backend: Backend = load_backend(model, device, half, deploy, backend=backend) if is_path else model
         self.model_path = str(model)
         self.skipped: list[tuple[str, str]] = []
 
@@ -91,18 +99,24 @@ class Detector:
             self.skipped.append((path, reason))
             print(f"skipped {path}: {reason}")
 
+        end_to_end = getattr(self.backend, "detect", None)  # letterbox, model and NMS in one call (graph backend)
         for frames in _batched(iter_frames(source, on_skip), max(int(batch), 1)):
             t0 = time.perf_counter()
-            images, ratio_pads = self.preprocess([f.image for f in frames], imgsz)
-            t1 = time.perf_counter()
-            pred = self.backend(images)
-            if isinstance(pred, torch.Tensor) and pred.device.type == "cuda":
-                torch.cuda.synchronize(pred.device)
-            t2 = time.perf_counter()
-            if self.backend.has_nms:  # the model ran NMS with its exported thresholds: filter what it kept
-                dets = [_filter(d, conf, classes, max_det) for d in pred]
+            if end_to_end is not None:  # the graph backend letterboxes, infers and runs NMS on the GPU itself
+                args = (conf, iou, max_det, multi_label, classes, agnostic)
+                dets, ratio_pads = end_to_end([f.image for f in frames], imgsz, *args)
+                t1, t2 = t0, time.perf_counter()
             else:
-                dets = non_max_suppression(pred, conf, iou, max_det, multi_label, classes, agnostic)
+                images, ratio_pads = self.preprocess([f.image for f in frames], imgsz)
+                t1 = time.perf_counter()
+                pred = self.backend(images)
+                if isinstance(pred, torch.Tensor) and pred.device.type == "cuda":
+                    torch.cuda.synchronize(pred.device)
+                t2 = time.perf_counter()
+                if self.backend.has_nms:  # the model ran NMS with its exported thresholds: filter what it kept
+                    dets = [_filter(d, conf, classes, max_det) for d in pred]
+                else:
+                    dets = non_max_suppression(pred, conf, iou, max_det, multi_label, classes, agnostic)
             out = []
             for f, d, rp in zip(frames, dets, ratio_pads):
                 d = d.cpu()

@@ -1,0 +1,225 @@
+"""The ``graph`` backend: the deploy form in fp16, channels-last, our kernels inside, replayed as CUDA graphs.
+
+One batch of uint8 BGR frames takes this path, every step on the GPU:
+
+1. ``cuda_ops.letterbox_frames``: resize + pad 114 + BGR->RGB + /255 + CHW in one kernel, the geometry of
+   ``detector.data.letterbox`` (so boxes map back with the same ``(ratio, pad)``);
+2. the captured graph for this (batch, H, W): the model body (SKA through ``cuda_ops.ska``, depthwise 3x3 +
+   pointwise pairs through ``cuda_ops.dw_pw``) -> raw head maps -> ``cuda_ops.decode_topk`` (DFL, anchors,
+   class scores, threshold, per-image top-K) into static buffers;
+3. class-aware NMS over each image's K candidates (``cuda_ops.batched_nms``, torchvision's), outside the graph
+   because its output size depends on the data.
+
+``kernels``: ``"auto"`` runs our Triton kernels where they can run and their PyTorch references elsewhere;
+``True`` insists on the kernels. ``False`` is the "graph without our kernels" baseline: the same fp16
+channels-last deploy form captured with PyTorch ops only (dense decode inside the graph, the usual
+``non_max_suppression`` after it). ``capture=False`` runs the same steps eagerly: that is how the CPU tests prove
+the steps equal the ``torch`` backend, while capture/replay itself is tested with a fake
+(``detector.predict.cuda_graph``). Without CUDA, ``Detector(..., backend="graph")`` stops with one sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detector.engine.postprocess import non_max_suppression
+from detector.errors import DetectorError
+from detector.model import DetectionModel
+from detector.nn.kernel_swap import swap_dw_pw, swap_ska
+from detector.predict.cuda_graph import GraphCache, GraphOps
+
+PAD_VALUE = 114
+DEFAULT_TOPK = 1000
+"""Candidates kept per image before NMS: at predict thresholds (conf 0.25) a trained model has far fewer; the
+dense path (validation at conf 0.001, the torch backend) keeps up to 30000."""
+IMPLS = {"auto": "auto", True: "kernel", False: "reference"}
+
+RatioPad = tuple[float, tuple[int, int]]
+
+
+def _impl(kernels: bool | str) -> str:
+    try:
+        return IMPLS[kernels]
+    except (KeyError, TypeError):
+        raise DetectorError(f"graph backend: kernels={kernels!r}; use True, False or 'auto'") from None
+
+
+class GraphBackend:
+    """A deploy-form ``DetectionModel`` run as described in the module docstring.
+
+    Args:
+        model: deploy form (``to_deploy()`` done); it is moved, cast and modified in place.
+        device: a CUDA device (any device with ``capture=False``).
+        half: fp16 weights and activations on CUDA (float32 on CPU, where fp16 convs are not a target).
+        kernels: see the module docstring. capture: replay CUDA graphs (needs CUDA, or ``graph_ops``).
+        topk: candidates per image kept by the fused post-processing. graph_ops: CUDA graph primitives
+            (tests inject a fake). max_graphs: captured shapes kept per setting.
+    """
+
+    fixed_shape = None
+    has_nms = False  # __call__ returns the dense output; ``detect`` runs NMS itself
+
+    def __init__(
+        self,
+        model: DetectionModel,
+        device: torch.device,
+        half: bool = True,
+        kernels: bool | str = "auto",
+        capture: bool = True,
+        topk: int = DEFAULT_TOPK,
+        graph_ops: GraphOps | None = None,
+        max_graphs: int = 8,
+    ) -> None:
+        if capture and graph_ops is None:
+            require_cuda(device)
+        import cuda_ops
+
+        self.impl = _impl(kernels)
+        self.fused_post = kernels is not False  # decode_topk in the graph; False: dense PyTorch decode
+        self.device = device
+        self.half = bool(half and device.type == "cuda")
+        self.dtype = torch.float16 if self.half else torch.float32
+        self.n_swapped = 0
+        if kernels is not False:
+            self.n_swapped = swap_ska(model, partial(cuda_ops.ska, impl=self.impl)) + swap_dw_pw(model, self.impl)
+        model = model.to(device, self.dtype).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.head = model.main_head
+        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is self.head)
+        self.names = dict(model.names)
+        self.stride = int(max(model.strides))
+        self.topk = int(topk)
+        self.capture = capture
+        self._graph_ops, self._max_graphs = graph_ops, max_graphs
+        self._graphs: dict[tuple, GraphCache] = {}
+
+    # -- the captured functions ------------------------------------------------------------------------------
+    def _maps(self, images: Tensor) -> list[Tensor]:
+        return self.model(images, decode=False)[self.tag]
+
+    def _dense(self, images: Tensor) -> tuple[Tensor]:
+        """``(B, 4 + nc, A)`` float32, as every other backend returns it."""
+        return (self.head.decode([m.float() for m in self._maps(images)]),)
+
+    def _topk(self, images: Tensor, conf: float, multi_label: bool, classes: tuple | None) -> tuple[Tensor, ...]:
+        """decode_topk's ``boxes (B, K, 4)``, ``scores (B, K)``, ``labels (B, K)``, ``valid (B, K)``."""
+        import cuda_ops
+
+        h = self.head
+        return cuda_ops.decode_topk(
+            self._maps(images), h.strides, h.bins, conf, self.topk, multi_label, classes, h.anchor_offset, self.impl
+        )
+
+    def _run(self, key: tuple, fn, images: Tensor) -> tuple[Tensor, ...]:
+        """``fn(images)``, replayed from a graph captured for this shape (one cache per ``key``)."""
+        if not self.capture:
+            with torch.inference_mode():
+                return tuple(fn(images))
+        cache = self._graphs.get(key)
+        if cache is None:
+            cache = self._graphs[key] = GraphCache(fn, self._graph_ops, self._max_graphs)
+        return cache(images)
+
+    # -- the backend API -------------------------------------------------------------------------------------
+    def prepare(self, images: Tensor) -> Tensor:
+        """Any float batch -> this model's device, dtype and memory format."""
+        x = images.to(self.device, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """``images (Tensor[B, 3, H, W])`` float 0..1 -> ``(B, 4 + nc, A)`` float32 (a fresh tensor)."""
+        (out,) = self._run(("dense",), self._dense, self.prepare(images))
+        return out.clone()
+
+    def letterbox(
+        self, frames: Sequence[np.ndarray], imgsz: int, auto: bool
+    ) -> tuple[Tensor, list[RatioPad]]:
+        """uint8 BGR frames -> ``(Tensor[B, 3, H, W])`` on the GPU in the model's dtype, and ``(ratio, pad)`` each.
+
+        ``Detector.preprocess``'s rule: square ``imgsz``, or with ``auto`` (a batch of one shape) minimal padding
+        to a multiple of the stride (at least 32). The geometry comes from the host (``letterbox_geometry``, the
+        project's arithmetic). ``letterbox_frames`` derives the scale from the output size, which for a minimal
+        padding can in rare cases give a different scale than the square's: then the square is letterboxed and
+        cropped (the padding is uniform, so the crop is exactly the minimally padded image).
+        """
+        import cuda_ops
+        from cuda_ops.letterbox import letterbox_geometry
+
+        square = (imgsz, imgsz)
+        geometry = [letterbox_geometry(f.shape[0], f.shape[1], square)[:3] for f in frames]  # (r, rh, rw)
+        out_h, out_w = square
+        if auto:
+            stride = max(self.stride, 32)
+            _, rh, rw = geometry[0]
+            out_h, out_w = rh + (imgsz - rh) % stride, rw + (imgsz - rw) % stride
+        direct = letterbox_geometry(frames[0].shape[0], frames[0].shape[1], (out_h, out_w))[:3] == geometry[0]
+        tensors = [torch.from_numpy(np.ascontiguousarray(f)).to(self.device, non_blocking=True) for f in frames]
+        images, _ = cuda_ops.letterbox_frames(
+            tensors, (out_h, out_w) if direct else square, dtype=self.dtype, pad_value=PAD_VALUE, impl=self.impl
+        )
+        if not direct:
+            _, rh, rw = geometry[0]
+            y0, x0 = (imgsz - rh) // 2 - (out_h - rh) // 2, (imgsz - rw) // 2 - (out_w - rw) // 2
+            images = images[:, :, y0 : y0 + out_h, x0 : x0 + out_w]
+        ratio_pads = [(r, ((out_w - rw) // 2, (out_h - rh) // 2)) for r, rh, rw in geometry]
+        return self.prepare(images), ratio_pads
+
+    def detect(
+        self,
+        frames: Sequence[np.ndarray],
+        imgsz: int,
+        conf: float,
+        iou: float,
+        max_det: int,
+        multi_label: bool = False,
+        classes: Sequence[int] | None = None,
+        agnostic: bool = False,
+    ) -> tuple[list[Tensor], list[RatioPad]]:
+        """Frames -> per-image ``Tensor[n, 6]`` (letterboxed pixels, best first) and each frame's ``(ratio, pad)``."""
+        import cuda_ops
+
+        same = all(f.shape == frames[0].shape for f in frames)
+        images, ratio_pads = self.letterbox(frames, imgsz, auto=same)
+        if not self.fused_post:
+            pred = self(images)
+            return non_max_suppression(pred, conf, iou, max_det, multi_label, classes, agnostic), ratio_pads
+        cand = self.candidates(images, conf, multi_label, classes)
+        return cuda_ops.batched_nms(*cand, iou=iou, max_det=max_det, agnostic=agnostic), ratio_pads
+
+    def candidates(
+        self, images: Tensor, conf: float, multi_label: bool = False, classes: Sequence[int] | None = None
+    ) -> tuple[Tensor, ...]:
+        """Letterboxed ``images`` (from ``letterbox``/``prepare``) -> each image's top-K candidates above ``conf``
+        (``cuda_ops.decode_topk``'s four tensors), replayed from the graph of this shape and these settings.
+        The tensors are the graph's static buffers: valid until the next call with the same settings."""
+        cls = None if classes is None else tuple(int(c) for c in classes)
+        fn = partial(self._topk, conf=float(conf), multi_label=bool(multi_label), classes=cls)
+        return self._run(("topk", float(conf), bool(multi_label), cls), fn, images)
+
+
+def require_cuda(device: torch.device) -> None:
+    """One sentence when the graph backend cannot run on ``device``."""
+    if device.type != "cuda":
+        why = "no CUDA device is visible to PyTorch" if not torch.cuda.is_available() else "use device=0 (or cuda:N)"
+        raise DetectorError(f"the graph backend replays CUDA graphs and needs a CUDA GPU, not device={device}: {why}")
+
+
+def load_graph_backend(
+    model: str, device: torch.device, half: bool = True, kernels: bool | str = "auto"
+) -> GraphBackend:
+    """``Detector(..., backend="graph")``: a checkpoint, zoo name or model YAML, in deploy form, on ``device``."""
+    from pathlib import Path
+
+    from detector.export import CHECKPOINT_SUFFIXES, load_deploy_model
+
+    require_cuda(device)  # before loading anything
+    if Path(str(model)).suffix in CHECKPOINT_SUFFIXES and not Path(str(model)).is_file():
+        raise DetectorError(f"{model}: model file not found")
+    return GraphBackend(load_deploy_model(model), device, half=half, kernels=kernels)
