@@ -13,5 +13,7 @@ Public ops (each takes ``impl="auto" | "kernel" | "reference"``):
 """
 
 from cuda_ops.availability import KernelStatus, KernelUnavailable, kernel_runs_on, status, use_kernel, why_not
+from cuda_ops.decode_topk import batched_nms, decode_topk
+from cuda_ops.dw_pw import dw_pw
 from cuda_ops.letterbox import letterbox_frames
 from cuda_ops.ska import ska

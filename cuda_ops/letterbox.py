@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cuda_ops._triton import CompileSpec, cdiv, compile_for_gpu, jit_kernels, program_block
+from cuda_ops._triton import CompileSpec, cdiv, jit_kernels, program_block
 from cuda_ops.availability import kernel_runs_on, use_kernel
 
 tl = None  # triton.language, bound on first kernel use (see cuda_ops._triton)
@@ -247,12 +247,6 @@ def compile_specs() -> list[CompileSpec]:
         CompileSpec(f"letterbox_{ty}", _letterbox, {**sig, "out_ptr": f"*{ty}"}, {"BLOCK": BLOCK})
         for ty in ("fp16", "fp32")
     ]
-
-
-def compile_all(arch: int = 90) -> dict:
-    """Compile every :func:`compile_specs` entry for ``sm_<arch>``; name -> compiled kernel."""
-    _kernels()
-    return {s.name: compile_for_gpu(sys.modules[__name__], s, arch) for s in compile_specs()}
 
 
 # ---------------------------------------------------------------------------------------------- custom op

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cuda_ops._triton import CompileSpec, cdiv, compile_for_gpu, jit_kernels, next_pow2
+from cuda_ops._triton import CompileSpec, cdiv, jit_kernels, next_pow2
 from cuda_ops.availability import kernel_runs_on, use_kernel
 
 tl = None  # triton.language, bound on first kernel use (see cuda_ops._triton)
@@ -189,12 +189,6 @@ def compile_specs() -> list[CompileSpec]:
             CompileSpec(f"ska_bwd_{ty}", _ska_bwd, bwd, const),
         ]
     return specs
-
-
-def compile_all(arch: int = 90) -> dict:
-    """Compile every :func:`compile_specs` entry for ``sm_<arch>``; name -> compiled kernel."""
-    _kernels()  # registers the raw device helpers
-    return {s.name: compile_for_gpu(sys.modules[__name__], s, arch) for s in compile_specs()}
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
