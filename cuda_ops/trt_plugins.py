@@ -158,10 +158,24 @@ def _define_decode_topk(trtp: Any, trt: Any, as_torch: Callable[[Any], torch.Ten
 
     @trtp.autotune(pid)
     def decode_autotune(maps0, maps1, maps2, outputs):
-        return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP32, FP32|FP32, INT32|INT32, INT32|INT32")]
+        return [
+            trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP32, FP32|FP32, INT32|INT32, INT32|INT32")
+        ]
 
     @trtp.impl(pid)
-    def decode_impl(maps0, maps1, maps2, strides, reg_max, conf_threshold, max_candidates, multi_label, anchor_offset, outputs, stream):
+    def decode_impl(
+        maps0,
+        maps1,
+        maps2,
+        strides,
+        reg_max,
+        conf_threshold,
+        max_candidates,
+        multi_label,
+        anchor_offset,
+        outputs,
+        stream,
+    ):
         import cuda_ops
 
         maps = [as_torch(t) for t in (maps0, maps1, maps2)]

@@ -20,7 +20,7 @@ from detector.engine.postprocess import non_max_suppression
 from detector.export import DeployGraph, export, load_deploy_model
 from detector.export_plugins import DOMAIN, PluginDeployGraph
 from detector.nn.ska import ska
-from detector.predict.candidates import DEFAULT_TOPK
+from detector.predict.graph_backend import DEFAULT_TOPK
 
 PLUGIN_KEYS = {"plugin_namespace", "plugin_version"}
 
@@ -54,10 +54,11 @@ def test_plugin_export_writes_ska_and_decode_nodes(lsnet, tmp_path):
 
     (dec,) = _plugin_nodes(proto, DECODE_TOPK)
     attrs = _attrs(dec)
-    assert attrs["num_classes"] == 3 and attrs["reg_max"] == 16 and attrs["max_candidates"] == DEFAULT_TOPK
+    assert attrs["strides"] == [8.0, 16.0, 32.0] and attrs["reg_max"] == 16 and attrs["anchor_offset"] == 0.5
+    assert attrs["max_candidates"] == DEFAULT_TOPK
     assert attrs["conf_threshold"] == pytest.approx(0.3) and attrs["multi_label"] == 1
     assert attrs["plugin_namespace"] == NAMESPACE.encode() and set(attrs) - PLUGIN_KEYS == set(ATTRIBUTES[DECODE_TOPK])
-    assert len(dec.input) == 3 and len(dec.output) == 4
+    assert len(dec.input) == 3 and len(dec.output) == 4  # the three raw head maps in
 
     (out,) = proto.graph.output
     dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
@@ -131,14 +132,11 @@ def test_register_plugins_against_fake_tensorrt(fake_trtp):
         trt_fakes.FakeTensorDesc((2, 32, 12, 12), half), trt_fakes.FakeTensorDesc((2, 4, 9, 12, 12), half), 3, 4
     )
     assert y.shape_expr == (2, 32, 12, 12) and y.dtype == half
-    outs = trtp.plugins["detector::DecodeTopK"]["desc"](
-        trt_fakes.FakeTensorDesc((2, 67, 189), trt.DataType.FLOAT),
-        trt_fakes.FakeTensorDesc((189, 2), trt.DataType.FLOAT),
-        trt_fakes.FakeTensorDesc((189, 1), trt.DataType.FLOAT),
-        3, 16, 0.25, 100, 1,
-    )  # fmt: skip
+    f32 = trt.DataType.FLOAT
+    maps = [trt_fakes.FakeTensorDesc((2, 67, s, s), half) for s in (12, 6, 3)]
+    outs = trtp.plugins["detector::DecodeTopK"]["desc"](*maps, np.array([8, 16, 32], np.float32), 16, 0.25, 100, 1, 0.5)
     assert [o.shape_expr for o in outs] == [(2, 100, 4), (2, 100), (2, 100), (2,)]
-    assert [o.dtype for o in outs] == [trt.DataType.FLOAT, trt.DataType.FLOAT, trt.DataType.INT32, trt.DataType.INT32]
+    assert [o.dtype for o in outs] == [f32, f32, trt.DataType.INT32, trt.DataType.INT32]
 
 
 def test_plugin_impls_compute_the_ops(fake_trtp):
@@ -155,19 +153,26 @@ def test_plugin_impls_compute_the_ops(fake_trtp):
 
     import cuda_ops
 
-    raw = torch.randn(2, 64 + 3, 84, generator=g)
-    points, strides = torch.rand(84, 2, generator=g) * 8, torch.full((84, 1), 8.0)
+    maps = [torch.randn(2, 64 + 3, s, s, generator=g) for s in (8, 4, 2)]
+    k = 100  # more than the 84 anchors: the plugin pads decode_topk's min(K, A) slots to K
     outs = (
-        torch.empty(2, 50, 4),
-        torch.empty(2, 50),
-        torch.empty(2, 50, dtype=torch.int32),
+        torch.empty(2, k, 4),
+        torch.empty(2, k),
+        torch.empty(2, k, dtype=torch.int32),
         torch.empty(2, dtype=torch.int32),
     )
-    trtp.plugins["detector::DecodeTopK"]["impl"](raw, points, strides, 3, 16, 0.3, 50, 0, outs, 0)
-    ref = cuda_ops.decode_topk(raw, points, strides, nc=3, reg_max=16, conf=0.3, k=50, impl="reference")
-    for got, want in zip(outs, ref):
-        torch.testing.assert_close(got, want.to(got.dtype).reshape(got.shape))
-    assert int(outs[3].sum()) > 0
+    strides = np.array([8, 16, 32], np.float32)
+    trtp.plugins["detector::DecodeTopK"]["impl"](*maps, strides, 16, 0.3, k, 0, 0.5, outs, 0)
+    boxes, scores, labels, valid = cuda_ops.decode_topk(maps, [8, 16, 32], 16, 0.3, k, impl="reference")
+    n = int(valid.sum(1).max())
+    assert 0 < n < 84 and boxes.shape[1] == 84
+    torch.testing.assert_close(outs[3], valid.sum(1).int())
+    for b in range(2):
+        m = int(outs[3][b])
+        torch.testing.assert_close(outs[0][b, :m], boxes[b, :m])
+        torch.testing.assert_close(outs[1][b, :m], scores[b, :m])
+        torch.testing.assert_close(outs[2][b, :m], labels[b, :m].int())
+    assert (outs[1][:, 84:] == 0).all() and (outs[0][:, 84:] == 0).all()
 
 
 def test_missing_tensorrt_plugin_api_says_what_to_install(monkeypatch):

@@ -138,9 +138,7 @@ class GraphBackend:
         (out,) = self._run(("dense",), self._dense, self.prepare(images))
         return out.clone()
 
-    def letterbox(
-        self, frames: Sequence[np.ndarray], imgsz: int, auto: bool
-    ) -> tuple[Tensor, list[RatioPad]]:
+    def letterbox(self, frames: Sequence[np.ndarray], imgsz: int, auto: bool) -> tuple[Tensor, list[RatioPad]]:
         """uint8 BGR frames -> ``(Tensor[B, 3, H, W])`` on the GPU in the model's dtype, and ``(ratio, pad)`` each.
 
         ``Detector.preprocess``'s rule: square ``imgsz``, or with ``auto`` (a batch of one shape) minimal padding

@@ -1,0 +1,196 @@
+"""The graph backend on CPU: its eager path (letterbox_frames -> model -> decode_topk -> batched NMS through the
+kernels' references) gives the torch backend's detections on real BCCD images; its capture/replay logic against a
+fake CUDA graph; the clear error without CUDA; the real-CUDA equality test is gpu-marked."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from deploy_testing import bccd_images, lively_model
+from graph_fakes import FakeGraphOps
+from tiny_models import tiny_detector, tiny_lsnet_detector
+
+from detector import Detector
+from detector.errors import DetectorError
+from detector.nn.kernel_swap import DwPw, LSConvWith
+from detector.predict.backends import TorchBackend
+from detector.predict.cli import cli_predict
+from detector.predict.graph_backend import GraphBackend
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def gelan():
+    return lively_model("gelan-t", imgsz=160)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    imgs = bccd_images(3)
+    odd = np.ascontiguousarray(imgs[2][37:400, 11:523])  # 363 x 512: an odd size, not the others' shape
+    return imgs[:2], [imgs[0], odd]
+
+
+def _torch(model) -> Detector:
+    return Detector(TorchBackend(copy.deepcopy(model).to_deploy(), CPU))
+
+
+def _graph(model, **kw) -> Detector:
+    kw.setdefault("capture", False)
+    return Detector(GraphBackend(copy.deepcopy(model).to_deploy(), CPU, **kw))
+
+
+def _assert_same(got, want, box_atol: float = 0.5, score_atol: float = 2e-3) -> int:
+    """Equal detections, each matched one-to-one to the nearest of the same class, up to the letterbox
+    kernel's 1-level (1/255) difference from OpenCV's resize. Returns how many were compared."""
+    total = 0
+    for g, w in zip(got, want):
+        assert len(g) == len(w), (len(g), len(w))
+        assert g.orig_shape == w.orig_shape
+        free = np.ones(len(w), bool)
+        for box, score, cls in zip(g.xyxy, g.scores, g.cls):
+            dist = np.abs(w.xyxy - box).max(1) + np.where((w.cls == cls) & free, 0, np.inf)
+            j = int(np.argmin(dist))
+            assert dist[j] <= box_atol, (box, w.xyxy[j], dist[j])
+            assert abs(w.scores[j] - score) <= score_atol, (score, w.scores[j])
+            free[j] = False
+        total += len(g)
+    return total
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_eager_graph_path_equals_torch_backend_on_bccd(gelan, frames, multi_label):
+    same_shape, mixed = frames
+    ref, det = _torch(gelan), _graph(gelan)
+    for batch in (same_shape, mixed):  # minimal padding (one shape) and the square (mixed shapes)
+        want = ref.predict(batch, imgsz=160, conf=0.25, batch=len(batch), multi_label=multi_label)
+        got = det.predict(batch, imgsz=160, conf=0.25, batch=len(batch), multi_label=multi_label)
+        assert _assert_same(got, want) > 0
+
+
+def test_graph_without_kernels_and_with_classes_equals_torch(gelan, frames):
+    same_shape, _ = frames
+    want = _torch(gelan).predict(same_shape, imgsz=160, conf=0.25, classes=[1, 2])
+    assert _assert_same(_graph(gelan, kernels=False).predict(same_shape, imgsz=160, conf=0.25, classes=[1, 2]), want)
+    assert _assert_same(_graph(gelan).predict(same_shape, imgsz=160, conf=0.25, classes=[1, 2]), want) > 0
+    assert all(set(r.cls.astype(int)) <= {1, 2} for r in want)
+
+
+def test_letterbox_geometry_matches_detector_preprocess(gelan, frames):
+    """Sizes where the minimal padding changes letterbox_frames' scale take the square-and-crop path."""
+    backend = GraphBackend(copy.deepcopy(gelan).to_deploy(), CPU, capture=False)
+    ref = _torch(gelan)
+    from cuda_ops.letterbox import letterbox_geometry
+
+    photo = bccd_images(1)[0]
+    # (57, 284) and (85, 141): minimal padding would change letterbox_frames' scale -> square and crop
+    for hw in ((480, 640), (363, 512), (57, 284), (85, 141), (333, 100)):
+        img = np.ascontiguousarray(photo[: hw[0], : hw[1]])
+        for auto in (True, False):
+            got, got_rp = backend.letterbox([img], 160, auto=auto)
+            want, want_rp = ref.preprocess([img, img] if not auto else [img], 160)
+            if not auto:  # Detector uses the square for mixed shapes; a pair of equal images would be auto
+                want, want_rp = _square(ref, img)
+            assert got.shape[2:] == want.shape[2:], (hw, auto)
+            assert got_rp[0][1] == tuple(want_rp[0][1]) and got_rp[0][0] == pytest.approx(want_rp[0][0])
+            assert (got - want[:1]).abs().max() <= 1.01 / 255, (hw, auto)
+    r, rh, rw = letterbox_geometry(57, 284, (160, 160))[:3]
+    assert letterbox_geometry(57, 284, (rh + (160 - rh) % 32, 160))[:3] != (r, rh, rw)  # the crop case is real
+
+
+def _square(ref: Detector, img):
+    from detector.data.letterbox import letterbox
+
+    out, r, pad = letterbox(img, (160, 160), stride=32, auto=False)
+    x = torch.from_numpy(np.ascontiguousarray(out[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
+    return x, [(r, pad)]
+
+
+def test_lsnet_blocks_run_through_cuda_ops_ska_and_dw_pw(frames):
+    model = lively_model(tiny_lsnet_detector(), imgsz=96)
+    backend = GraphBackend(copy.deepcopy(model).to_deploy(), CPU, capture=False)
+    assert sum(isinstance(m, LSConvWith) for m in backend.model.modules()) == 2
+    assert sum(isinstance(m, DwPw) for m in backend.model.modules()) == 2  # the two stage transitions
+    assert backend.n_swapped == 4
+    x = torch.rand(2, 3, 96, 96)
+    torch.testing.assert_close(backend(x), TorchBackend(copy.deepcopy(model).to_deploy(), CPU)(x), atol=1e-4, rtol=1e-4)
+    same_shape, _ = frames
+    want = _torch(model).predict(same_shape, imgsz=96, conf=0.25)
+    assert (
+        _assert_same(Detector(backend).predict(same_shape, imgsz=96, conf=0.25), want, box_atol=1.0, score_atol=5e-3)
+        > 0
+    )
+
+
+def test_capture_and_replay_through_a_fake_graph(gelan, frames):
+    same_shape, mixed = frames
+    ops = FakeGraphOps()
+    det = Detector(GraphBackend(copy.deepcopy(gelan).to_deploy(), CPU, capture=True, graph_ops=ops))
+    eager = _graph(gelan)
+    first = det.predict(same_shape, imgsz=160, conf=0.25, batch=2)
+    assert ops.captures == 1 and ops.log[-1] == ("replay", (2, 3, 128, 160))  # 480x640 -> minimal padding 120 -> 128
+    again = det.predict(same_shape, imgsz=160, conf=0.25, batch=2)
+    assert ops.captures == 1, "same (batch, H, W) and settings: replay only"
+    _assert_same(again, first, box_atol=0, score_atol=0)
+    _assert_same(first, eager.predict(same_shape, imgsz=160, conf=0.25, batch=2), box_atol=0, score_atol=0)
+    det.predict(mixed, imgsz=160, conf=0.25, batch=2)  # square 160 x 160: a new graph
+    det.predict(same_shape, imgsz=160, conf=0.4, batch=2)  # a new threshold: a new graph
+    det.predict(same_shape[:1], imgsz=160, conf=0.25, batch=1)  # a new batch size: a new graph
+    assert ops.captures == 4
+    assert [entry for entry in ops.log if entry[0] == "capture"] == [
+        ("capture", (2, 3, 128, 160)),
+        ("capture", (2, 3, 160, 160)),
+        ("capture", (2, 3, 128, 160)),
+        ("capture", (1, 3, 128, 160)),
+    ]
+
+
+def test_graph_backend_needs_cuda(tmp_path, capsys):
+    with pytest.raises(DetectorError, match=r"^the graph backend replays CUDA graphs and needs a CUDA GPU"):
+        Detector(tiny_yaml(tmp_path), device="cpu", backend="graph")
+    from detector.cli import main
+
+    assert (
+        main(
+            [
+                "predict",
+                f"model={tiny_yaml(tmp_path)}",
+                "source=datasets/bccd/JPEGImages",
+                "backend=graph",
+                "device=cpu",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a CUDA GPU" in err[0]
+    with pytest.raises(DetectorError, match="backend='grpah'"):
+        Detector(tiny_yaml(tmp_path), device="cpu", backend="grpah")
+    assert cli_predict  # the CLI entry the call above went through
+
+
+def tiny_yaml(tmp_path):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in tiny_detector().items() if k != "name"}))
+    return str(path)
+
+
+@pytest.mark.gpu
+def test_real_cuda_graph_backend_equals_torch_backend(gelan, frames):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cuda = torch.device("cuda")
+    same_shape, mixed = frames
+    ref = Detector(TorchBackend(copy.deepcopy(gelan).to_deploy(), cuda, half=True))
+    det = Detector(GraphBackend(copy.deepcopy(gelan).to_deploy(), cuda, half=True, kernels=True))
+    for batch in (same_shape, mixed):
+        want = ref.predict(batch, imgsz=160, conf=0.25, batch=len(batch))
+        for _ in range(2):  # capture, then replay
+            got = det.predict(batch, imgsz=160, conf=0.25, batch=len(batch))
+            assert _assert_same(got, want, box_atol=1.0, score_atol=1e-2) > 0
