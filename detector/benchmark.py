@@ -156,7 +156,7 @@ def _graph_backend(kernels: bool | str) -> Callable[[Bench, int], Forward]:
         x = backend.prepare(torch.from_numpy(bench.host_batch(batch)))
 
         def forward():
-            out = backend.candidates(x, conf=0.25)
+            out = backend.replay(x, conf=0.25)
             torch.cuda.synchronize(bench.device)
             return out
 

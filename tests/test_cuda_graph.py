@@ -66,6 +66,23 @@ def test_outputs_are_correct_for_every_cached_shape_after_many_calls():
         torch.testing.assert_close(y, x * 2 + 1)
 
 
+def test_a_failed_capture_runs_that_shape_eagerly(caplog):
+    cache, ops, calls = make()
+
+    def refuse(graph, fn, static_input, pool):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    ops.capture = refuse
+    x = torch.rand(1, 3, 4, 4)
+    with caplog.at_level("WARNING", logger="detector.graph"):
+        y, _ = cache(x)
+        y2, _ = cache(x + 1)
+    torch.testing.assert_close(y, x * 2 + 1)
+    torch.testing.assert_close(y2, x * 2 + 3)
+    assert cache.eager == {GraphCache.key(x)} and not cache.graphs
+    assert sum("capture failed" in r.message for r in caplog.records) == 1
+
+
 @pytest.mark.gpu
 def test_real_cuda_graph_replays_new_inputs():
     if not torch.cuda.is_available():

@@ -194,3 +194,26 @@ def test_real_cuda_graph_backend_equals_torch_backend(gelan, frames):
         for _ in range(2):  # capture, then replay
             got = det.predict(batch, imgsz=160, conf=0.25, batch=len(batch))
             assert _assert_same(got, want, box_atol=1.0, score_atol=1e-2) > 0
+
+
+def test_dense_graph_without_kernels_captures_once_per_shape(gelan, frames):
+    same_shape, _ = frames
+    ops = FakeGraphOps()
+    backend = GraphBackend(copy.deepcopy(gelan).to_deploy(), CPU, kernels=False, graph_ops=ops)
+    got = Detector(backend).predict(same_shape, imgsz=160, conf=0.25, batch=2)
+    Detector(backend).predict(same_shape, imgsz=160, conf=0.1, batch=2)  # the dense graph has no threshold in it
+    assert ops.captures == 1 and backend.n_swapped == 0
+    _assert_same(got, _graph(gelan, kernels=False).predict(same_shape, imgsz=160, conf=0.25, batch=2), 0, 0)
+    (dense,) = backend.replay(backend.prepare(torch.rand(2, 3, 128, 160)))
+    assert dense.shape == (2, 4 + 3, 16 * 20 + 8 * 10 + 4 * 5)
+
+
+def test_benchmark_graph_rows_say_why_they_skip_on_cpu(tmp_path):
+    from detector.benchmark import BenchmarkArgs, benchmark, load_train_form
+
+    args = BenchmarkArgs(model=tiny_yaml(tmp_path), backends=["graph", "graph-ref"], batch=[1], imgsz=64, runs=1)
+    rows = benchmark(load_train_form(args.model), args)
+    assert [(r.backend, r.status) for r in rows] == [
+        (name, "skipped: the graph backend replays CUDA graphs: it needs device=cuda")
+        for name in ("graph", "graph-ref")
+    ]

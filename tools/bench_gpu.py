@@ -55,8 +55,8 @@ class Row:
 
     @property
     def images_per_s(self) -> float | None:
-        t = self.e2e_ms if self.e2e_ms is not None else self.ms
-        return None if t is None else self.batch / t * 1e3
+        """End-to-end throughput (model rows only)."""
+        return None if self.e2e_ms is None else self.batch / self.e2e_ms * 1e3
 
 
 @dataclass
@@ -183,9 +183,9 @@ def make_detector(variant: str, name: str, s: Settings):
 def model_forward(det, images: torch.Tensor) -> Callable[[], object]:
     """One forward of the detector's backend on a letterboxed batch already on the device."""
     backend = det.backend
-    if hasattr(backend, "candidates"):
+    if hasattr(backend, "replay"):
         x = backend.prepare(images)
-        return lambda: backend.candidates(x, conf=0.25)
+        return lambda: backend.replay(x, conf=0.25)
     x = images.to(backend.device, backend.dtype)
     return lambda: backend(x)
 
@@ -210,7 +210,7 @@ def bench_models(s: Settings, ceil: Ceilings) -> list[Row]:
                 det = make_detector(variant, name, s)
                 fwd = time_device(model_forward(det, images), s)
                 e2e = time_host(lambda det=det, frames=frames: det.predict(frames, imgsz=s.imgsz, batch=len(frames)), s)
-                rows.append(Row(f"{name} {variant}", batch, fwd, e2e, floor, note="model ms / e2e ms"))
+                rows.append(Row(f"{name} {variant}", batch, fwd, e2e, floor))
                 del det
                 if s.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -240,7 +240,9 @@ class KernelCase:
 
 
 def kernel_cases(s: Settings) -> list[KernelCase]:
-    """Each kernel at gelan-t 640 batch-32 shapes (``--dry-run``: tiny shapes)."""
+    """Each kernel at gelan-t 640 batch-32 shapes (``--dry-run``: tiny shapes). SKA and dw_pw, which gelan-t
+    lacks, at lsnet-t's: SKA in the stride-16 stage (128 channels, 16 weight groups, 40x40), dw_pw as the
+    stride-2 transition from stage 2 to 3 (128 -> 256 channels, 80x80 -> 40x40)."""
     import cuda_ops
 
     dev, dry = s.device, s.dry
@@ -248,36 +250,41 @@ def kernel_cases(s: Settings) -> list[KernelCase]:
     b, size, nc, k = (2, 64, 3, 100) if dry else (32, s.imgsz, 80, 1000)
     gen = torch.Generator(device="cpu").manual_seed(0)
 
-    frames = [
-        torch.randint(0, 256, (size * 3 // 4, size, 3), dtype=torch.uint8, generator=gen).to(dev) for _ in range(b)
-    ]
-    letterbox_bytes = b * (size * 3 // 4 * size * 3 + 3 * size * size * torch.finfo(half).bits // 8)
+    def rand(*shape, dtype=half):
+        return torch.randn(*shape, generator=gen).to(dev, dtype)
 
-    anchors = sum((size // st) ** 2 for st in (8, 16, 32))
-    raw = torch.randn(b, 64 + nc, anchors, generator=gen).to(dev)
-    points = torch.rand(anchors, 2, generator=gen).to(dev) * (size // 8)
-    strides = torch.full((anchors, 1), 8.0, device=dev)
-    decode_bytes = raw.numel() * 4 + points.numel() * 4 + strides.numel() * 4 + b * k * 6 * 4
+    fh = size * 3 // 4  # 640x480 frames, as BCCD's
+    frames = [torch.randint(0, 256, (fh, size, 3), dtype=torch.uint8, generator=gen).to(dev) for _ in range(b)]
+    letterbox_bytes = b * (fh * size * 3 + 3 * size * size * (2 if half == torch.float16 else 4))
+
+    maps = [rand(b, 64 + nc, size // st, size // st) for st in (8, 16, 32)]
+    decode_bytes = sum(m.numel() * m.element_size() for m in maps) + b * k * 7 * 4
 
     c, g, hw = (16, 2, 8) if dry else (128, 16, 40)
-    x = torch.randn(b, c, hw, hw, generator=gen).to(dev, half)
-    w = torch.randn(b, g, 9, hw, hw, generator=gen).to(dev, half)
+    x, w = rand(b, c, hw, hw), rand(b, g, 9, hw, hw)
     ska_bytes = (2 * x.numel() + w.numel()) * x.element_size()
 
+    c1, c2, hw2 = (16, 32, 16) if dry else (128, 256, 80)
+    xd = rand(b, c1, hw2, hw2).contiguous(memory_format=torch.channels_last)
+    dw_w, dw_b, pw_w, pw_b = rand(c1, 1, 3, 3), rand(c1), rand(c2, c1, 1, 1), rand(c2)
+    out_px = b * (hw2 // 2) ** 2
+    dw_pw_bytes = (xd.numel() + out_px * c2) * xd.element_size()
+    dw_pw_flops = 2 * out_px * (9 * c1 + c1 * c2)
+
+    def letterbox(impl):
+        return cuda_ops.letterbox_frames(frames, (size, size), dtype=half, impl=impl)
+
+    def decode(impl):
+        return cuda_ops.decode_topk(maps, [8, 16, 32], 16, 0.25, k, impl=impl)
+
+    def dw_pw(impl):
+        return cuda_ops.dw_pw(xd, dw_w, dw_b, pw_w, pw_b, act=(None, None), stride=2, impl=impl)
+
     return [
-        KernelCase(
-            "letterbox_frames",
-            lambda impl: cuda_ops.letterbox_frames(
-                frames, (size, size), dtype=half, pad_value=114, scaleup=True, center=True, impl=impl
-            ),
-            letterbox_bytes,
-        ),
-        KernelCase(
-            "decode_topk",
-            lambda impl: cuda_ops.decode_topk(raw, points, strides, nc=nc, reg_max=16, conf=0.25, k=k, impl=impl),
-            decode_bytes,
-        ),
+        KernelCase("letterbox_frames", letterbox, letterbox_bytes),
+        KernelCase("decode_topk", decode, decode_bytes),
         KernelCase("ska", lambda impl: cuda_ops.ska(x, w, impl=impl), ska_bytes, flops=2 * 9 * x.numel()),
+        KernelCase("dw_pw", dw_pw, dw_pw_bytes, flops=dw_pw_flops),
     ]
 
 
@@ -297,15 +304,15 @@ def bench_kernels(s: Settings, ceil: Ceilings) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    def num(v: float | None, fmt: str) -> str:
-        return format(v, fmt) if v is not None else "-"
+    def num(v: float | None, width: int, digits: int) -> str:
+        return f"{v:{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
 
-    head = f"{'what':<34} {'batch':>5} {'model ms':>9} {'e2e ms':>8} {'img/s':>9} {'floor ms':>9}  note"
+    head = f"{'what':<38} {'batch':>5} {'model ms':>9} {'e2e ms':>8} {'img/s':>8} {'floor ms':>9}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.what:<34} {r.batch:>5} {num(r.ms, '9.3f')} {num(r.e2e_ms, '8.3f')} "
-            f"{num(r.images_per_s, '9.0f')} {num(r.floor_ms, '9.3f')}  {r.note}"
+            f"{r.what:<38} {r.batch:>5} {num(r.ms, 9, 3)} {num(r.e2e_ms, 8, 3)} "
+            f"{num(r.images_per_s, 8, 0)} {num(r.floor_ms, 9, 3)}  {r.note}"
         )
     return "\n".join(lines)
 

@@ -5,7 +5,8 @@ the Python and launch overhead of a small model at batch 1 disappears. The price
 reads its input from the buffer it was captured with and writes into the same output tensors every replay.
 ``GraphCache`` therefore owns, per key (batch, H, W), a static input buffer, the captured graph and its static
 outputs; ``__call__`` copies the new input into the buffer, replays, and returns the static outputs (valid
-until the next call with the same key: copy what must outlive it).
+until the next call with the same key: copy what must outlive it). A shape whose capture fails (some op
+synchronises with the host) is logged once and from then on runs eagerly, so results never depend on it.
 
 The CUDA side is behind ``GraphOps`` so the capture/replay logic is testable without a GPU (the tests inject
 ops whose graph records calls and "replays" by re-running the captured function).
@@ -14,6 +15,7 @@ ops whose graph records calls and "replays" by re-running the captured function)
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from torch import Tensor
 
 GraphFn = Callable[[Tensor], tuple[Tensor, ...]]
 
+LOG = logging.getLogger("detector.graph")
 WARMUP_CALLS = 3
 """Eager calls on a side stream before capture: cuDNN/cuBLAS pick algorithms and allocate workspaces, Triton
 compiles its kernels, and none of that may happen inside the capture."""
@@ -95,6 +98,7 @@ class GraphCache:
         self.ops = ops or CudaGraphOps()
         self.max_graphs = max(1, int(max_graphs))
         self.graphs: OrderedDict[tuple, Captured] = OrderedDict()
+        self.eager: set[tuple] = set()  # shapes whose capture failed: they run uncaptured
         self._pool = None
 
     @staticmethod
@@ -105,9 +109,16 @@ class GraphCache:
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
         """Replay the graph for ``x``'s shape (capturing it first if new); returns its static outputs."""
         key = self.key(x)
+        if key in self.eager:
+            return tuple(self.fn(x))
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self._capture(x)
+            try:
+                entry = self._capture(x)
+            except RuntimeError as e:  # an op that cannot be captured (a host sync, a pageable copy): run eagerly
+                LOG.warning("CUDA graph capture failed for input %s (%s); running that shape eagerly", key[0], e)
+                self.eager.add(key)
+                return tuple(self.fn(x))
             self.graphs[key] = entry
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)

@@ -191,6 +191,13 @@ class GraphBackend:
         cand = self.candidates(images, conf, multi_label, classes)
         return cuda_ops.batched_nms(*cand, iou=iou, max_det=max_det, agnostic=agnostic), ratio_pads
 
+    def replay(self, images: Tensor, conf: float = 0.25) -> tuple[Tensor, ...]:
+        """Only the captured part, on a ``prepare``d batch (what benchmarks time): the top-K candidates, or with
+        ``kernels=False`` the dense ``(B, 4 + nc, A)`` output (static buffers either way)."""
+        if self.fused_post:
+            return self.candidates(images, conf)
+        return self._run(("dense",), self._dense, images)
+
     def candidates(
         self, images: Tensor, conf: float, multi_label: bool = False, classes: Sequence[int] | None = None
     ) -> tuple[Tensor, ...]:
