@@ -217,3 +217,13 @@ def test_benchmark_graph_rows_say_why_they_skip_on_cpu(tmp_path):
         (name, "skipped: the graph backend replays CUDA graphs: it needs device=cuda")
         for name in ("graph", "graph-ref")
     ]
+
+
+def test_graph_backend_refuses_exported_files_and_missing_checkpoints(tmp_path):
+    from detector.predict.graph_backend import load_graph_backend
+
+    cuda = torch.device("cuda")  # the file checks come before anything touches the device
+    with pytest.raises(DetectorError, match=r"m.onnx: the graph backend runs a PyTorch model .* use backend=auto"):
+        load_graph_backend(str(tmp_path / "m.onnx"), cuda)
+    with pytest.raises(DetectorError, match="model file not found"):
+        load_graph_backend(str(tmp_path / "missing.pt"), cuda)

@@ -225,6 +225,12 @@ def load_graph_backend(
     from detector.export import CHECKPOINT_SUFFIXES, load_deploy_model
 
     require_cuda(device)  # before loading anything
-    if Path(str(model)).suffix in CHECKPOINT_SUFFIXES and not Path(str(model)).is_file():
+    suffix = Path(str(model)).suffix.lower()
+    if suffix and suffix not in (*CHECKPOINT_SUFFIXES, ".yaml", ".yml"):
+        raise DetectorError(
+            f"{model}: the graph backend runs a PyTorch model (a .pt checkpoint, a zoo name or a model YAML), "
+            f"not a {suffix} file; use backend=auto for exported models"
+        )
+    if suffix in CHECKPOINT_SUFFIXES and not Path(str(model)).is_file():
         raise DetectorError(f"{model}: model file not found")
     return GraphBackend(load_deploy_model(model), device, half=half, kernels=kernels)
