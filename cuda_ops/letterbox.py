@@ -31,6 +31,7 @@ tl = None  # triton.language, bound on first kernel use (see cuda_ops._triton)
 
 BLOCK = 256  # output pixels per program
 PAD_VALUE = 114
+AREA_MIN_OVERLAP = 1e-3  # cv2 INTER_AREA ignores a partial source pixel covering this little of a footprint
 N_PARAMS = 8  # per image: offset, h, w, row_stride, rh, rw, top, left
 
 
@@ -107,7 +108,8 @@ def _axis_weights(n_src: int, n_dst: int, area: bool) -> Tensor:
     s = torch.arange(n_src, dtype=torch.float64)[None, :]
     if area:  # overlap of source pixel [s, s+1) with the footprint [d*scale, (d+1)*scale), over its in-image width
         lo, hi = d * scale, (d + 1) * scale
-        overlap = (torch.minimum(s + 1, hi) - torch.maximum(s, lo)).clamp(min=0)
+        overlap = torch.minimum(s + 1, hi) - torch.maximum(s, lo)
+        overlap = torch.where(overlap > AREA_MIN_OVERLAP, overlap, 0)  # OpenCV drops slivers, unrenormalised
         return overlap / torch.clamp(n_src - lo, max=scale)
     f = ((d + 0.5) * scale - 0.5).clamp(min=0)  # pixel centres; left of the first centre clamps to pixel 0
     x0 = f.floor().clamp(max=n_src - 1)
@@ -146,7 +148,8 @@ def _tap(d, i, n_src, n_dst, area):
     # INTER_AREA: source pixels floor(lo) + i overlapping [lo, lo + scale), normalised by the in-image width
     a_idx = tl.floor(lo).to(tl.int32) + i
     a_ovl = tl.minimum(a_idx.to(tl.float32) + 1.0, lo + scale) - tl.maximum(a_idx.to(tl.float32), lo)
-    a_w = tl.maximum(a_ovl, 0.0) / tl.maximum(tl.minimum(n_src.to(tl.float32) - lo, scale), 1e-6)
+    a_ovl = tl.where(a_ovl > 1e-3, a_ovl, 0.0)  # AREA_MIN_OVERLAP: OpenCV drops slivers, unrenormalised
+    a_w = a_ovl / tl.maximum(tl.minimum(n_src.to(tl.float32) - lo, scale), 1e-6)
     a_w = tl.where(a_idx < n_src, a_w, 0.0)
     # INTER_LINEAR: pixel centres, clamped at both borders
     f = tl.maximum((d.to(tl.float32) + 0.5) * scale - 0.5, 0.0)
