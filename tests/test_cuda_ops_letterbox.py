@@ -70,14 +70,14 @@ def test_geometry_equals_project_letterbox() -> None:
 def test_reference_equals_cv2_on_bccd(size) -> None:
     frames = [bccd_crop(*c)[0] for c in CROPS]
     ref, ratio_pads = cv2_batch(frames, size)
-    got, meta = cuda_ops.letterbox_frames([torch.from_numpy(f) for f in frames], size, torch.float32, impl="reference")
+    got, meta = cuda_ops.letterbox_frames(frames, size, torch.float32, impl="reference")  # numpy frames
     diff = (got - ref).abs() * 255
-    # OpenCV's bilinear uses 11-bit fixed-point weights: at most one level apart; area shrinking is exact
-    assert diff.max() <= 1.0 + 1e-3 and diff.mean() < 0.15
+    assert diff.max() <= 1.0 + 1e-3
     for i, (r, (pw, ph)) in enumerate(ratio_pads):
         assert meta[i].tolist() == pytest.approx([r, pw, ph, r], rel=1e-6)
-        if meta[i, 0] < 1:  # shrinking, INTER_AREA: the same level but for exact .5 ties that float order decides
-            assert (diff[i] > 0.5).float().mean() < 5e-3
+        # enlarging: OpenCV's fixed-point bilinear, emulated bit for bit; shrinking (INTER_AREA, float): the same
+        # level but for exact .5 ties that the order of float additions decides
+        assert (diff[i] > 0.5).float().mean() < (1e-4 if r >= 1 else 5e-3)
 
 
 @needs_kernel
@@ -95,7 +95,8 @@ def test_kernel_equals_reference_and_cv2(dtype) -> None:
         level = (out.float() - ref).abs() * 255
         assert level.max() <= 1.0 + 0.5 and (level > 0.5).float().mean() < 1e-3
         oracle, _ = cv2_batch([f for f, _ in crops[: len(batch)]], size)
-        assert ((out.float().cpu() - oracle).abs() * 255).max() <= 1.5
+        level = (out.float().cpu() - oracle).abs() * 255
+        assert level.max() <= 1.5 and (level > 0.5).float().mean() < 5e-3
 
 
 @needs_kernel
