@@ -227,3 +227,19 @@ def test_graph_backend_refuses_exported_files_and_missing_checkpoints(tmp_path):
         load_graph_backend(str(tmp_path / "m.onnx"), cuda)
     with pytest.raises(DetectorError, match="model file not found"):
         load_graph_backend(str(tmp_path / "missing.pt"), cuda)
+
+
+def test_graph_backend_with_the_triton_kernels_under_the_interpreter(frames):
+    """kernels=True on CPU runs every Triton kernel (letterbox, SKA, dw_pw, decode_topk) through Triton's
+    interpreter: the backend wires the kernels, not only their references, to the torch backend's detections."""
+    import cuda_ops
+
+    if not cuda_ops.status().interpret:
+        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (tests/conftest.py sets it without CUDA)")
+    model = lively_model(tiny_lsnet_detector(), imgsz=64)
+    backend = GraphBackend(copy.deepcopy(model).to_deploy(), CPU, kernels=True, capture=False)
+    assert backend.impl == "kernel" and backend.n_swapped == 4
+    same_shape, _ = frames
+    want = _torch(model).predict(same_shape[:1], imgsz=64, conf=0.25)
+    got = Detector(backend).predict(same_shape[:1], imgsz=64, conf=0.25)
+    assert _assert_same(got, want, box_atol=1.5, score_atol=5e-3) > 0

@@ -158,9 +158,13 @@ class GraphBackend:
             _, rh, rw = geometry[0]
             out_h, out_w = rh + (imgsz - rh) % stride, rw + (imgsz - rw) % stride
         direct = letterbox_geometry(frames[0].shape[0], frames[0].shape[1], (out_h, out_w))[:3] == geometry[0]
-        tensors = [torch.from_numpy(np.ascontiguousarray(f)).to(self.device, non_blocking=True) for f in frames]
-        images, _ = cuda_ops.letterbox_frames(
-            tensors, (out_h, out_w) if direct else square, dtype=self.dtype, pad_value=PAD_VALUE, impl=self.impl
+        images, _ = cuda_ops.letterbox_frames(  # host frames travel as uint8 in one pinned copy
+            list(frames),
+            (out_h, out_w) if direct else square,
+            self.dtype,
+            PAD_VALUE,
+            device=self.device,
+            impl=self.impl,
         )
         if not direct:
             _, rh, rw = geometry[0]
