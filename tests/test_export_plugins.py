@@ -204,6 +204,7 @@ def test_real_tensorrt_builds_and_runs_the_plugin_engine(lsnet, tmp_path):
     from deploy import load_runner, predict
 
     engine = export(lsnet, format="engine", imgsz=96, plugins=True, out=tmp_path / "p.engine")
+    register_plugins()  # the serving process needs the Python plugins too (export registered them here already)
     reference = export(lsnet, imgsz=96, out=tmp_path / "r.onnx")
     imgs = bccd_images(2)
     got = predict(load_runner(engine), imgs, conf=0.25, iou=0.7, multi_label=True)
