@@ -212,3 +212,18 @@ def test_real_tensorrt_builds_and_runs_the_plugin_engine(lsnet, tmp_path):
     for g, r in zip(got, ref):
         assert len(g) == len(r)
         np.testing.assert_allclose(g.boxes, r.boxes, atol=0.5)
+
+
+def test_cli_export_plugins_true(tmp_path, capsys):
+    import yaml
+
+    from detector.export import cli_export
+
+    cfg = tmp_path / "tiny-lsnet.yaml"
+    cfg.write_text(yaml.safe_dump({k: v for k, v in tiny_lsnet_detector().items() if k != "name"}))
+    out = tmp_path / "cli.onnx"
+    assert cli_export([f"model={cfg}", "imgsz=64", "plugins=True", "nms=onnx", f"out={out}"]) == 0
+    assert f"exported {out}" in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    assert {n.op_type for n in proto.graph.node if n.domain == DOMAIN} == {SKA, DECODE_TOPK}
+    assert any(n.op_type == "NonMaxSuppression" for n in proto.graph.node)
