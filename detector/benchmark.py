@@ -3,7 +3,7 @@
 Backends: ``torch`` (eval form: auxiliary branches dropped, nothing fused), ``torch-fused`` (the deploy form:
 RepConv/BN fused), ``onnx`` (exported with dynamic batch, run by ONNX Runtime), ``engine`` (TensorRT), ``graph``
 (the deploy form in fp16, channels-last, with our kernels, replayed as a CUDA graph: body + fused decode/top-K)
-and ``graph-ref`` (the same graph with the kernels' PyTorch references instead of the kernels). Each
+and ``graph-ref`` (the same fp16 channels-last graph with PyTorch ops only: dense decode, no kernels). Each
 (backend, batch) is warmed up, then timed ``runs`` times around one forward; on CUDA the timing includes
 ``torch.cuda.synchronize()`` (torch) or the runner's stream synchronisation. Torch backends time the forward on
 a batch already on the device; the deploy runners take a host batch, so their time includes the copies in and

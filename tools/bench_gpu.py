@@ -6,8 +6,9 @@
 Rows, all fp16 on the GPU:
 
 - ``gelan-t`` and ``gelan-c`` at 640, batch 1 and 32, for ``torch`` (eval form, unfused, eager),
-  ``torch-fused`` (deploy form, eager), ``graph`` (deploy form, channels-last, CUDA graph, the kernels'
-  PyTorch references in place of our kernels) and ``graph+kernels`` (the same with our Triton kernels);
+  ``torch-fused`` (deploy form, eager), ``graph`` (deploy form, channels-last, CUDA graph, PyTorch ops only:
+  dense decode, letterbox through its PyTorch reference) and ``graph+kernels`` (the same with our Triton
+  kernels: letterbox_frames, SKA/dw_pw where the model has them, decode_topk);
   ``model ms`` = one forward from a letterboxed fp16 batch already on the GPU to decoded output (dense for
   torch, top-K candidates for graph); ``e2e ms`` = ``Detector.predict`` from host uint8 BGR frames (real BCCD
   photos, 640x480) to ``Results`` (letterbox, forward, NMS, boxes back to the frame);
