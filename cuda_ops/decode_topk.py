@@ -255,7 +255,9 @@ def compile_specs() -> list[CompileSpec]:
         gd = {"map_ptr": f"*{ty}", "index_ptr": "*i64", "boxes_ptr": "*fp32", "scores_ptr": "*fp32"}
         gd.update({n: "i32" for n in ("K", "HW", "W", "a_start", "NC", "reg_max")})
         gd.update({"stride": "fp32", "offset": "fp32"})
-        specs.append(CompileSpec(f"class_max_{ty}", _class_max, cm, {"BLOCK": BLOCK_A, "NCB": NC_CHUNK}))
+        specs.append(
+            CompileSpec(f"class_max_{ty}", _class_max, cm, {"BLOCK": BLOCK_A, "NCB": NC_CHUNK}, 4, ("HW", "A"))
+        )
         ws = ty == "fp16"  # multi-label scores in one dtype, boxes only in the other
         const = {"RMP": 16, "NCP": 128, "WITH_SCORES": ws, "BLOCK": BLOCK_K}
         specs.append(CompileSpec(f"gather_decode_{ty}_scores{int(ws)}", _gather_decode, gd, const))

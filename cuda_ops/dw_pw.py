@@ -132,7 +132,7 @@ def _dw_pw(
     nm = nn < N
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
+        kk = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)
         km = kk < C
         d = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
         for t in tl.static_range(9):
@@ -202,10 +202,12 @@ def compile_specs() -> list[CompileSpec]:
     for ty, stride, acts in (("fp16", 1, (2, 2)), ("fp16", 2, (1, 0)), ("fp32", 1, (2, 1))):
         sig = {n: f"*{ty}" for n in ("x_ptr", "dww_ptr", "dwb_ptr", "pww_ptr", "pwb_ptr", "y_ptr")}
         sig.update({n: "i32" for n in ("C", "H", "W", "N", "OH", "OW")})
-        sig.update({n: "i64" for n in ("sxb", "sxc", "sxh", "sxw", "syb", "syc", "syh", "syw")})
-        const = {"STRIDE": stride, "DW_ACT": acts[0], "PW_ACT": acts[1], "IEEE": ty == "fp32"}
+        sig.update({n: "i64" for n in ("sxb", "sxh", "sxw", "syb", "syh", "syw")})
+        const = {"sxc": 1, "syc": 1}  # channels-last: Triton specialises a stride of 1 at run time
+        const.update({"STRIDE": stride, "DW_ACT": acts[0], "PW_ACT": acts[1], "IEEE": ty == "fp32"})
         const.update({"BLOCK_P": BLOCK_P, "BLOCK_K": BLOCK_K, "BLOCK_N": _block_n(128, ty == "fp32")})
-        specs.append(CompileSpec(f"dw_pw_{ty}_s{stride}", _dw_pw, sig, const))
+        aligned = ("C", "N", "sxb", "sxh", "sxw", "syb", "syh", "syw")  # channels-last, C and N multiples of 16
+        specs.append(CompileSpec(f"dw_pw_{ty}_s{stride}", _dw_pw, sig, const, 4, aligned))
     return specs
 
 

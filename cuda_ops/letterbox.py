@@ -314,7 +314,14 @@ def compile_specs() -> list[CompileSpec]:
     """The specialisations compiled ahead of time for sm_90 by the tests (fp16 and fp32 output)."""
     sig = {"src_ptr": "*u8", "params_ptr": "*i64", "OH": "i32", "OW": "i32", "PAD": "i32"}
     return [
-        CompileSpec(f"letterbox_{ty}", _letterbox, {**sig, "out_ptr": f"*{ty}"}, {"NP": N_PARAMS, "BLOCK": BLOCK})
+        CompileSpec(
+            f"letterbox_{ty}",
+            _letterbox,
+            {**sig, "out_ptr": f"*{ty}"},
+            {"NP": N_PARAMS, "BLOCK": BLOCK},
+            4,
+            ("OH", "OW"),
+        )
         for ty in ("fp16", "fp32")
     ]
 

@@ -89,3 +89,9 @@ def test_bad_arguments_name_the_problem() -> None:
 def test_opcheck() -> None:
     x = torch.randn(1, 16, 5, 6, device=DEVICE).contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.cuda_ops.dw_pw.default, (x, *block(16, 16), 1, 2, 1))
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("kernel", marks=needs_kernel)])
+def test_empty_batch(impl) -> None:
+    x = torch.randn(0, 16, 5, 6, device=DEVICE)
+    assert cuda_ops.dw_pw(x, *block(16, 24), impl=impl).shape == (0, 24, 5, 6)

@@ -87,3 +87,36 @@ def test_opcheck() -> None:
     x, w = inputs(1, 4, 2, 3, 4, 5)
     torch.library.opcheck(torch.ops.cuda_ops.ska.default, (x.requires_grad_(), w.requires_grad_()))
     torch.library.opcheck(torch.ops.cuda_ops.ska_backward.default, (torch.randn_like(x), x.detach(), w.detach()))
+
+
+def test_detector_ska_keeps_the_reference_on_cpu() -> None:
+    """detector.nn.ska on CPU tensors is the reference, bit for bit and differentiable by plain autograd, also
+    while the interpreter is on (it would be far slower)."""
+    from detector.nn.ska import ska as detector_ska
+
+    x, w = inputs(2, 8, 4, 3, 5, 6, device="cpu")
+    y = detector_ska(x.requires_grad_(), w)
+    assert torch.equal(y, ska_reference(x, w)) and not any("cuda_ops" in n for n in graph_nodes(y.grad_fn))
+
+
+def graph_nodes(fn, depth: int = 8) -> list[str]:
+    """Names of the autograd nodes up to ``depth`` steps behind ``fn``."""
+    if fn is None or depth == 0:
+        return []
+    return [type(fn).__name__] + [n for nxt, _ in fn.next_functions for n in graph_nodes(nxt, depth - 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lsconv_on_cuda_uses_the_kernel() -> None:
+    from detector.nn.lsnet import LSConv
+
+    torch.manual_seed(0)
+    block = LSConv(32).cuda()
+    x = torch.randn(2, 32, 20, 20, device="cuda", requires_grad=True)
+    y = block(x)
+    assert any("cuda_ops_ska" in name for name in graph_nodes(y.grad_fn)), "the SKA kernel was not used"
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    y_ref = block.bn(ska_reference(x, block.lkp(x))) + x  # LSConv.forward with the reference SKA
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(gx, gx_ref) < 1e-4
