@@ -31,10 +31,10 @@ def test_dry_run_prints_every_row(tmp_path, capsys):
         (row,) = [ln for ln in lines if ln.startswith(f"gelan-t {variant} ")]
         model_ms, e2e_ms, ips = (float(v) for v in row.split()[3:6])
         assert model_ms > 0 and e2e_ms > 0 and ips == pytest.approx(1e3 / e2e_ms, rel=0.01, abs=1)
-    for kernel in ("letterbox_frames", "decode_topk", "ska", "dw_pw"):
-        assert any(ln.startswith(f"kernel {kernel} ") and "x the reference" in ln for ln in lines), kernel
+    for kernel in ("letterbox_frames", "decode_topk", "ska forward", "ska forward+backward", "dw_pw"):
+        assert any(ln.startswith(f"kernel {kernel} ") and "x the PyTorch path" in ln for ln in lines), kernel
     assert any(ln.startswith("gelan-t floor") for ln in lines) and "TB/s" in printed and "TFLOP/s" in printed
-    assert len(out.read_text().splitlines()) == 1 + 2 + 1 + 4 + 2 * 4  # header, ceilings, floor, variants, kernels
+    assert len(out.read_text().splitlines()) == 1 + 2 + 1 + 4 + 2 * 5  # header, ceilings, floor, variants, kernels
 
 
 def test_without_cuda_a_real_run_stops_with_one_sentence():

@@ -12,21 +12,22 @@ Rows, all fp16 on the GPU:
   ``model ms`` = one forward from a letterboxed fp16 batch already on the GPU to decoded output (dense for
   torch, top-K candidates for graph); ``e2e ms`` = ``Detector.predict`` from host uint8 BGR frames (real BCCD
   photos, 640x480) to ``Results`` (letterbox, forward, NMS, boxes back to the frame);
-- each kernel against its PyTorch reference (same inputs, same GPU) at gelan-t 640 batch-32 shapes (SKA, which
-  gelan-t lacks, at lsnet-t's stride-16 stage: 128 channels, 16 weight groups, 40x40);
+- each kernel against the PyTorch path it replaces (same inputs, same GPU): ``cuda_ops.bench``'s cases at
+  gelan-t 640 batch-32 shapes (SKA and dw_pw, which gelan-t lacks, at LSNet / LeYOLO-sized layers);
 - floors: FLOPs over the measured fp16 matmul rate, and bytes over the measured copy bandwidth (both measured
   here first); a model's bytes are the frames read, the weights read and every layer's output written and read
   once (what a layer-by-layer runtime cannot avoid), a kernel's bytes its inputs read and outputs written once.
 
 Timing: CUDA events around each call after warm-up, median of ``--runs`` (host clock for the end-to-end rows,
 which end in a host synchronisation anyway). Without CUDA the script stops and says so; ``--dry-run`` runs every
-code path on the CPU at tiny sizes (its numbers mean nothing).
+code path on the CPU at tiny sizes, the kernels through Triton's interpreter (its numbers mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import time
@@ -230,74 +231,19 @@ def _bccd_frames(n: int) -> list[np.ndarray]:
 # -------------------------------------------------------------------------------------------------- kernels ---
 
 
-@dataclass
-class KernelCase:
-    """One op at one shape: inputs, the call with ``impl``, and the minimal bytes it must move."""
-
-    name: str
-    run: Callable[[str], object]
-    nbytes: float
-    flops: float = 0.0
-
-
-def kernel_cases(s: Settings) -> list[KernelCase]:
-    """Each kernel at gelan-t 640 batch-32 shapes (``--dry-run``: tiny shapes). SKA and dw_pw, which gelan-t
-    lacks, at lsnet-t's: SKA in the stride-16 stage (128 channels, 16 weight groups, 40x40), dw_pw as the
-    stride-2 transition from stage 2 to 3 (128 -> 256 channels, 80x80 -> 40x40)."""
-    import cuda_ops
-
-    dev, dry = s.device, s.dry
-    half = torch.float32 if dry else torch.float16
-    b, size, nc, k = (2, 64, 3, 100) if dry else (32, s.imgsz, 80, 1000)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*shape, dtype=half):
-        return torch.randn(*shape, generator=gen).to(dev, dtype)
-
-    fh = size * 3 // 4  # 640x480 frames, as BCCD's
-    frames = [torch.randint(0, 256, (fh, size, 3), dtype=torch.uint8, generator=gen).to(dev) for _ in range(b)]
-    letterbox_bytes = b * (fh * size * 3 + 3 * size * size * (2 if half == torch.float16 else 4))
-
-    maps = [rand(b, 64 + nc, size // st, size // st) for st in (8, 16, 32)]
-    decode_bytes = sum(m.numel() * m.element_size() for m in maps) + b * k * 7 * 4
-
-    c, g, hw = (16, 2, 8) if dry else (128, 16, 40)
-    x, w = rand(b, c, hw, hw), rand(b, g, 9, hw, hw)
-    ska_bytes = (2 * x.numel() + w.numel()) * x.element_size()
-
-    c1, c2, hw2 = (16, 32, 16) if dry else (128, 256, 80)
-    xd = rand(b, c1, hw2, hw2).contiguous(memory_format=torch.channels_last)
-    dw_w, dw_b, pw_w, pw_b = rand(c1, 1, 3, 3), rand(c1), rand(c2, c1, 1, 1), rand(c2)
-    out_px = b * (hw2 // 2) ** 2
-    dw_pw_bytes = (xd.numel() + out_px * c2) * xd.element_size()
-    dw_pw_flops = 2 * out_px * (9 * c1 + c1 * c2)
-
-    def letterbox(impl):
-        return cuda_ops.letterbox_frames(frames, (size, size), dtype=half, impl=impl)
-
-    def decode(impl):
-        return cuda_ops.decode_topk(maps, [8, 16, 32], 16, 0.25, k, impl=impl)
-
-    def dw_pw(impl):
-        return cuda_ops.dw_pw(xd, dw_w, dw_b, pw_w, pw_b, act=(None, None), stride=2, impl=impl)
-
-    return [
-        KernelCase("letterbox_frames", letterbox, letterbox_bytes),
-        KernelCase("decode_topk", decode, decode_bytes),
-        KernelCase("ska", lambda impl: cuda_ops.ska(x, w, impl=impl), ska_bytes, flops=2 * 9 * x.numel()),
-        KernelCase("dw_pw", dw_pw, dw_pw_bytes, flops=dw_pw_flops),
-    ]
-
-
 def bench_kernels(s: Settings, ceil: Ceilings) -> list[Row]:
+    """``cuda_ops.bench``'s cases (gelan-t 640 batch-32 shapes; LSNet/LeYOLO-sized layers for SKA and dw_pw):
+    each Triton kernel and the PyTorch path it replaces, on the same inputs."""
+    from cuda_ops.bench import cases
+
+    batch, size = (2, 64) if s.dry else (32, s.imgsz)
     rows = []
-    kernel_impl = "reference" if s.dry else "kernel"  # the dry run exercises the code path, not Triton on CPU
-    for case in kernel_cases(s):
-        ref = time_device(lambda case=case: case.run("reference"), s)
-        got = time_device(lambda case=case: case.run(kernel_impl), s)
-        floor = ceil.floor_ms(case.flops, case.nbytes)
-        rows.append(Row(f"kernel {case.name} (reference)", 1, ref, floor_ms=floor))
-        rows.append(Row(f"kernel {case.name}", 1, got, floor_ms=floor, note=f"{ref / got:.2f}x the reference"))
+    for case in cases(batch, size, s.device):
+        base = time_device(case.baseline, s)
+        got = time_device(case.kernel, s)
+        floor = ceil.floor_ms(0.0, case.min_bytes)
+        rows.append(Row(f"kernel {case.name} (PyTorch)", batch, base, floor_ms=floor, note=case.shape))
+        rows.append(Row(f"kernel {case.name}", batch, got, floor_ms=floor, note=f"{base / got:.2f}x the PyTorch path"))
     return rows
 
 
@@ -337,6 +283,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--out", default=None, help="also write the rows as CSV here")
     a = p.parse_args(argv)
     dry = a.dry_run
+    if dry:  # the kernels run on the CPU through Triton's interpreter, read when the first kernel is compiled
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if not dry and not torch.cuda.is_available():
         raise SystemExit(
             "bench_gpu: needs a CUDA GPU and torch sees none; run it on a GPU machine, or --dry-run to check the script"
