@@ -236,7 +236,7 @@ def bench_kernels(s: Settings, ceil: Ceilings) -> list[Row]:
     each Triton kernel and the PyTorch path it replaces, on the same inputs."""
     from cuda_ops.bench import cases
 
-    batch, size = (2, 64) if s.dry else (32, s.imgsz)
+    batch, size = (1, 32) if s.dry else (32, s.imgsz)  # dry: the interpreter is slow
     rows = []
     for case in cases(batch, size, s.device):
         base = time_device(case.baseline, s)
@@ -295,7 +295,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         imgsz=a.imgsz or (64 if dry else 640),
         batches=[int(b) for b in (a.batch or ("1,2" if dry else "1,32")).split(",")],
         runs=a.runs or (2 if dry else 50),
-        warmup=1 if dry else 10,
+        warmup=0 if dry else 10,
         dry=dry,
     )
     return settings, a
