@@ -30,6 +30,7 @@ from torch import Tensor
 from detector.engine.postprocess import non_max_suppression
 from detector.errors import DetectorError
 from detector.model import DetectionModel
+from detector.nn.heads import BinnedHead
 from detector.nn.kernel_swap import swap_dw_pw, swap_ska
 from detector.predict.cuda_graph import GraphCache, GraphOps
 
@@ -80,7 +81,6 @@ class GraphBackend:
         import cuda_ops
 
         self.impl = _impl(kernels)
-        self.fused_post = kernels is not False  # decode_topk in the graph; False: dense PyTorch decode
         self.device = device
         self.half = bool(half and device.type == "cuda")
         self.dtype = torch.float16 if self.half else torch.float32
@@ -92,6 +92,8 @@ class GraphBackend:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.head = model.main_head
+        # decode_topk computes BinnedHead.decode (every DFL/GFL head); kernels=False: the dense PyTorch decode
+        self.fused_post = kernels is not False and isinstance(self.head, BinnedHead)
         self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is self.head)
         self.names = dict(model.names)
         self.stride = int(max(model.strides))
