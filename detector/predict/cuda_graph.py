@@ -4,8 +4,9 @@ A CUDA graph records every kernel launch of one call, with its pointers, and rep
 the Python and launch overhead of a small model at batch 1 disappears. The price is static memory: a graph
 reads its input from the buffer it was captured with and writes into the same output tensors every replay.
 ``GraphCache`` therefore owns, per key (batch, H, W), a static input buffer, the captured graph and its static
-outputs; ``__call__`` copies the new input into the buffer, replays, and returns the static outputs (valid
-until the next call with the same key: copy what must outlive it). A shape whose capture fails (some op
+outputs; ``__call__`` copies the new input into the buffer, replays, and returns the static outputs. All graphs
+share one memory pool (activations are not held once per shape), which is safe because replays never overlap,
+but it means a replay of any shape may overwrite another shape's outputs: read or copy them before the next call. A shape whose capture fails (some op
 synchronises with the host) is logged once and from then on runs eagerly, so results never depend on it.
 
 The CUDA side is behind ``GraphOps`` so the capture/replay logic is testable without a GPU (the tests inject

@@ -209,7 +209,8 @@ class GraphBackend:
     ) -> tuple[Tensor, ...]:
         """Letterboxed ``images`` (from ``letterbox``/``prepare``) -> each image's top-K candidates above ``conf``
         (``cuda_ops.decode_topk``'s four tensors), replayed from the graph of this shape and these settings.
-        The tensors are the graph's static buffers: valid until the next call with the same settings."""
+        The tensors are the graph's static buffers: read or copy them before the next call (graphs of other
+        shapes share one memory pool, so any replay may overwrite them)."""
         cls = None if classes is None else tuple(int(c) for c in classes)
         fn = partial(self._topk, conf=float(conf), multi_label=bool(multi_label), classes=cls)
         return self._run(("topk", float(conf), bool(multi_label), cls), fn, images)
