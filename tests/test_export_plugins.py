@@ -227,3 +227,17 @@ def test_cli_export_plugins_true(tmp_path, capsys):
     proto = onnx.load(str(out))
     assert {n.op_type for n in proto.graph.node if n.domain == DOMAIN} == {SKA, DECODE_TOPK}
     assert any(n.op_type == "NonMaxSuppression" for n in proto.graph.node)
+
+
+def test_model_without_ska_gets_only_the_decode_node_and_dynamic_hw_keeps_k(tmp_path):
+    from deploy_testing import tiny_model
+
+    path = export(tiny_model(), imgsz=64, dynamic=True, dynamic_hw=True, plugins=True, out=tmp_path / "t.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node if n.domain == DOMAIN] == [DECODE_TOPK]
+    (out,) = proto.graph.output
+    dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+    assert dims == ["batch", 7, DEFAULT_TOPK]  # K is fixed whatever H and W: the plugin pads to it
+    (images,) = proto.graph.input
+    assert [d.dim_param for d in images.type.tensor_type.shape.dim][2:] == ["height", "width"]
