@@ -239,10 +239,12 @@ def ska(x: Tensor, w: Tensor, impl: str = "auto") -> Tensor:
 
     ``impl``: ``"kernel"`` (Triton forward and backward through ``torch.ops.cuda_ops.ska``), ``"reference"``
     (:func:`ska_reference`, plain autograd) or ``"auto"`` (the kernel where it can run, see
-    :func:`cuda_ops.availability.use_kernel`). Both inputs must share one floating dtype.
+    :func:`cuda_ops.availability.use_kernel`). Mixed dtypes (AMP: fp16 features, fp32 GroupNorm kernels) are
+    promoted to the common dtype, as the reference's arithmetic promotes them.
     """
     if use_kernel("ska", impl, x.device):
         if x.dtype != w.dtype:
-            raise ValueError(f"ska: x is {x.dtype} but w is {w.dtype}; the kernel needs one dtype")
+            common = torch.promote_types(x.dtype, w.dtype)
+            x, w = x.to(common), w.to(common)
         return torch.ops.cuda_ops.ska(x, w)
     return ska_reference(x, w)

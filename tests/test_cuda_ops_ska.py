@@ -120,3 +120,11 @@ def test_lsconv_on_cuda_uses_the_kernel() -> None:
     y_ref = block.bn(ska_reference(x, block.lkp(x))) + x  # LSConv.forward with the reference SKA
     (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
     assert rel_err(y, y_ref) < 1e-5 and rel_err(gx, gx_ref) < 1e-4
+
+
+@needs_kernel
+def test_mixed_dtypes_promote_like_the_reference() -> None:
+    x, w = inputs(1, 4, 2, 3, 5, 6, dtype=torch.float16)
+    y = cuda_ops.ska(x, w.float(), impl="kernel")
+    ref = ska_reference(x, w.float())
+    assert y.dtype == ref.dtype == torch.float32 and rel_err(y, ref) < 1e-6

@@ -30,7 +30,7 @@ def ska(x: Tensor, w: Tensor) -> Tensor:
         Tensor[B, C, H, W].
     """
     exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
-    if x.is_cuda and x.dtype == w.dtype and not exporting:
+    if x.is_cuda and not exporting:
         return ska_op(x, w, impl="auto")  # the Triton kernel where it can run, else the reference
     return ska_reference(x, w)
 
