@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from detector.data.augment import AugmentConfig
+from detector.ops import NMSConfig
+
+VAL_NMS = NMSConfig.val()  # the defaults of validation's NMS keys (docs/interfaces.md: which mode uses which)
 
 
 @dataclass
@@ -38,14 +41,21 @@ class ValConfig:
     """Validation during training (and the defaults of ``detector val``)."""
 
     split: str = "val"
-    conf: float = 0.001
-    iou: float = 0.7
-    max_det: int = 300
-    multi_label: bool = True  # a box may count once per class above conf (the COCO mAP convention)
+    conf: float = VAL_NMS.conf
+    iou: float = VAL_NMS.iou
+    max_det: int = VAL_NMS.max_det
+    multi_label: bool = VAL_NMS.multi_label  # a box may count once per class above conf (the COCO mAP convention)
+    agnostic: bool = VAL_NMS.agnostic  # NMS across classes
+    classes: list[int] | None = None  # evaluate only these class ids' detections (None: all)
     batch: int | None = None  # default: 2x the training batch
     period: int = 1  # validate every N epochs (the last epoch always)
     save_json: bool = False
     plots: bool = True
+
+    def nms(self) -> NMSConfig:
+        """The NMS these keys describe."""
+        return NMSConfig.val(conf=self.conf, iou=self.iou, max_det=self.max_det, multi_label=self.multi_label,
+                             agnostic=self.agnostic, classes=self.classes)  # fmt: skip
 
 
 @dataclass
@@ -89,10 +99,12 @@ class ValRunConfig:
     batch: int = 16
     device: str = ""
     workers: int = 4
-    conf: float = 0.001
-    iou: float = 0.7
-    max_det: int = 300
-    multi_label: bool = True
+    conf: float = VAL_NMS.conf
+    iou: float = VAL_NMS.iou
+    max_det: int = VAL_NMS.max_det
+    multi_label: bool = VAL_NMS.multi_label
+    agnostic: bool = VAL_NMS.agnostic
+    classes: list[int] | None = None
     save_json: bool = False
     plots: bool = True
     project: str = "runs/val"

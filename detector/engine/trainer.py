@@ -138,7 +138,7 @@ class Trainer:
         model.names = dict(enumerate(self.names))
         model = model.to(self.device).train()
         heads = model.heads()
-        self.main_tag = next(t for t, h in heads.items() if h is model.main_head)
+        self.main_tag = model.main_tag
         self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
         self.losses = {tag: LOSSES.get(head.loss)(head, cfg.loss) for tag, head in self.heads.items()}
         names = self.losses[self.main_tag].names
