@@ -87,8 +87,8 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_t
     kept = [
         np.nonzero(groups == g)[0][nms(boxes[groups == g], scores[groups == g], iou_thres)] for g in np.unique(groups)
     ]
-    keep = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    return keep[np.argsort(-scores[keep], kind="stable")]
+    keep = np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    return keep[np.argsort(-scores[keep], kind="stable")]  # equal scores in candidate order, as the torch twin
 
 
 def scale_boxes(

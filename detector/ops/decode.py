@@ -31,7 +31,8 @@ def make_anchors(
 
 class AnchorCache:
     """float32 anchors of a head's levels, rebuilt only when the map sizes or the device change (always while
-    tracing, so an exported graph computes them from its input size)."""
+    tracing, so an exported graph computes them from its input size; and when anchors made under
+    ``torch.inference_mode`` would be used outside it)."""
 
     def __init__(self, strides: list[float], offset: float) -> None:
         self.strides = [float(s) for s in strides]
@@ -42,7 +43,9 @@ class AnchorCache:
         """``points (Tensor[A, 2])`` in grid units and ``strides (Tensor[A, 1])`` for these raw maps."""
         shapes = [tuple(m.shape[2:]) for m in maps]
         key = (tuple(shapes), maps[0].device)
-        if self._cache is None or self._cache[0] != key or torch.jit.is_tracing():
+        stale = self._cache is None or self._cache[0] != key or torch.jit.is_tracing()
+        # anchors made under inference_mode cannot enter autograd-tracked code later: remake them there
+        if stale or (self._cache[1].is_inference() and not torch.is_inference_mode_enabled()):
             points, strides = make_anchors(shapes, self.strides, self.offset, maps[0].device, torch.float32)
             self._cache = (key, points, strides)
         return self._cache[1], self._cache[2]
