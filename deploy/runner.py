@@ -47,7 +47,8 @@ class Runner(ABC):
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        """(H, W) to letterbox to: the fixed input size, or the export size for dynamic H/W."""
+        """(H, W) of the largest input: the fixed input size, or the export size for dynamic H/W (``input_spec``
+        says how images are letterboxed)."""
         h, w = self.input_shape[2:4]
         return (h or self.metadata.imgsz[0], w or self.metadata.imgsz[1])
 

@@ -170,3 +170,20 @@ def test_onnx_providers_follow_the_device():
     assert choose_providers(["CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
     with pytest.raises(DeployError, match=r'no CUDA provider.*pip install "detector\[gpu\]"'):
         choose_providers(["CPUExecutionProvider"], "cuda")
+
+
+def test_metadata_carries_the_contract_and_reads_older_files():
+    from deploy.metadata import ModelMetadata
+
+    meta = ModelMetadata(names={0: "a"}, imgsz=(96, 128), dynamic_hw=True, postprocess=NMSConfig.predict(iou=0.5))
+    back = ModelMetadata.from_props(meta.to_props())
+    assert back.preprocess == PreprocessSpec((96, 128), 32, auto=True) and back.postprocess.iou == 0.5
+    assert back.conf is None  # a raw graph has no baked thresholds
+    # written before `preprocess`/`postprocess` existed: derived from imgsz/dynamic_hw and conf/iou/max_det
+    old = {"names": '{"0": "a"}', "imgsz": "[64, 64]", "nms": "onnx", "conf": "0.3", "iou": "0.5", "max_det": "20"}
+    legacy = ModelMetadata.from_props(old)
+    assert legacy.preprocess == PreprocessSpec(64, 32, auto=False)
+    assert legacy.postprocess == NMSConfig(0.3, 0.5, 20, multi_label=True)
+    assert (legacy.conf, legacy.iou, legacy.max_det) == (0.3, 0.5, 20)
+    with pytest.raises(DeployError, match="bad preprocess/postprocess metadata"):
+        ModelMetadata.from_props({**old, "postprocess": '{"conf": 7}'}, origin="m.onnx")
