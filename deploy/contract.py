@@ -72,11 +72,11 @@ class PreprocessSpec:
         object.__setattr__(self, "size", _pair(self.size))
         h, w = self.size
         if self.stride < 1 or h < 1 or w < 1:
-            raise ValueError(f"preprocess: size {h}x{w} and stride {self.stride} must be positive")
+            raise ValueError(f"size {h}x{w} and stride {self.stride} must be positive")
         if self.auto and (h % self.stride or w % self.stride):  # a fixed size is whatever the model takes
-            raise ValueError(f"preprocess: size {h}x{w} must be a multiple of the stride {self.stride}")
+            raise ValueError(f"size {h}x{w} must be a multiple of the stride {self.stride}")
         if not 0 <= int(self.pad_value) <= 255:
-            raise ValueError(f"preprocess: pad_value {self.pad_value} must lie in 0..255")
+            raise ValueError(f"pad_value {self.pad_value} must lie in 0..255")
 
     def with_size(self, size: int | tuple[int, int]) -> PreprocessSpec:
         return replace(self, size=_pair(size))
@@ -140,11 +140,11 @@ class NMSConfig:
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
         if not 0.0 <= float(self.conf) <= 1.0:
-            raise ValueError(f"nms: conf={self.conf} must lie in [0, 1]")
+            raise ValueError(f"conf={self.conf} must lie in [0, 1]")
         if not 0.0 <= float(self.iou) <= 1.0:
-            raise ValueError(f"nms: iou={self.iou} must lie in [0, 1]")
+            raise ValueError(f"iou={self.iou} must lie in [0, 1]")
         if int(self.max_det) < 1:
-            raise ValueError(f"nms: max_det={self.max_det} must be >= 1")
+            raise ValueError(f"max_det={self.max_det} must be >= 1")
 
     @classmethod
     def val(cls, **over: Any) -> NMSConfig:

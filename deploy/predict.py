@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploy.contract import NMSConfig
+from deploy.errors import DeployError
 from deploy.metadata import RAW_OUTPUT
 from deploy.postprocess import from_nms_outputs, non_max_suppression, scale_boxes
 from deploy.preprocess import preprocess
@@ -57,9 +58,12 @@ def predict(
     """
     imgs = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
     spec = runner.input_spec(imgsz)
-    cfg = runner.metadata.postprocess.updated(
-        conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, multi_label=multi_label
-    )
+    try:
+        cfg = runner.metadata.postprocess.updated(
+            conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, multi_label=multi_label
+        )
+    except ValueError as e:
+        raise DeployError(f"predict: {e}") from None
     step = runner.fixed_batch or min(runner.max_batch or DEFAULT_CHUNK, chunk or DEFAULT_CHUNK)
     names = runner.metadata.names
     results: list[Detections] = []

@@ -73,7 +73,10 @@ class Runner(ABC):
                     f"imgsz={imgsz}; leave imgsz unset, or re-export with dynamic_hw=True (or at that imgsz)"
                 )
             return PreprocessSpec(fixed, spec.stride, spec.pad_value, auto=False, scaleup=spec.scaleup)
-        return spec if imgsz is None else spec.with_size(imgsz)
+        try:
+            return spec if imgsz is None else spec.with_size(imgsz)
+        except ValueError as e:
+            raise DeployError(f"{self.path.name}: imgsz={imgsz}: {e}") from None
 
     def check_input(self, images: np.ndarray) -> np.ndarray:
         """Validate the batch against the model's input and cast it to ``input_dtype`` (C-contiguous)."""

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from detector.config import ConfigError
 from detector.data.augment import AugmentConfig
 from detector.ops import NMSConfig
 
@@ -53,9 +54,12 @@ class ValConfig:
     plots: bool = True
 
     def nms(self) -> NMSConfig:
-        """The NMS these keys describe."""
-        return NMSConfig.val(conf=self.conf, iou=self.iou, max_det=self.max_det, multi_label=self.multi_label,
-                             agnostic=self.agnostic, classes=self.classes)  # fmt: skip
+        """The NMS these keys describe; a value out of range raises ``ConfigError`` naming the key."""
+        try:
+            return NMSConfig.val(conf=self.conf, iou=self.iou, max_det=self.max_det, multi_label=self.multi_label,
+                                 agnostic=self.agnostic, classes=self.classes)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"val: {e}") from None
 
 
 @dataclass

@@ -52,7 +52,7 @@ def model_input_spec(stride: int, imgsz: int | tuple[int, int] | None) -> Prepro
     try:
         return PreprocessSpec(imgsz or DEFAULT_IMGSZ, max(int(stride), MIN_PAD_MULTIPLE), auto=True)
     except ValueError as e:
-        raise DetectorError(f"predict: {e}") from None
+        raise DetectorError(f"predict: imgsz={imgsz}: {e}") from None
 
 
 def select_device(device: str | torch.device | None) -> torch.device:

@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.contract import LetterboxPlan
 from deploy.predict import filter_detections
 from detector.errors import DetectorError
-from detector.ops import NMSConfig, PreprocessSpec
+from detector.ops import LetterboxPlan, NMSConfig, PreprocessSpec
 from detector.ops.boxes import scale_boxes
 from detector.ops.letterbox import to_input
 from detector.ops.nms import non_max_suppression
