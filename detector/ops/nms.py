@@ -35,10 +35,11 @@ def _candidates(
     else:
         flat, best_cls = scores.max(-1)  # (B, A)
     top, index = flat.topk(min(max_candidates, flat.shape[1]), dim=1)  # (B, K), descending
-    # equal scores in index order (topk leaves ties in any order): the numpy twin and every run break ties alike
-    index, order = index.sort(dim=1)
-    top, order = top.gather(1, order).sort(dim=1, descending=True, stable=True)
-    index = index.gather(1, order)
+    if bool((top[:, 1:] == top[:, :-1]).any()):  # ties (e.g. cells of uniform padding): topk orders them anyhow
+        # equal scores in index order, so the numpy twin and every run keep the same ones
+        index, order = index.sort(dim=1)
+        top, order = top.gather(1, order).sort(dim=1, descending=True, stable=True)
+        index = index.gather(1, order)
     ok = top > conf
     image = torch.arange(b, device=scores.device)[:, None].expand_as(index)[ok]
     index, score = index[ok], top[ok]
