@@ -74,3 +74,10 @@ class LabelSet:
         for im in self.images:
             np.add.at(counts, im.cls, 1)
         return counts
+
+
+def class_names(names) -> list[str]:
+    """Dataset names as a list, whether given as a list or a ``{index: name}`` dict."""
+    if isinstance(names, dict):
+        return [str(names[i]) for i in sorted(names)]
+    return [str(n) for n in names]

@@ -220,9 +220,11 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     ``runs/val/NAME``."""
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
+    from detector.data.labels import class_names
+    from detector.engine.amp import amp_dtype
     from detector.engine.distributed import DistInfo, select_device
+    from detector.engine.logs import report_problems, setup_logging
     from detector.engine.runs import increment_run_dir
-    from detector.engine.trainer import amp_dtype, class_names, report_problems, setup_logging
 
     if not cfg.model:
         raise DetectorError(
