@@ -179,6 +179,10 @@ def test_val_cli_writes_coco_json(trained, tmp_path):
     assert len(metrics["stats"]) == 12 and set(metrics["stats"]) >= {"mAP50-95", "mAP50", "mAP75", "AR100"}
     assert [r["class"] for r in metrics["per_class"]] == ["Platelets", "RBC", "WBC"]
     assert metrics["images"] == 4 and metrics["instances"] == 71
+    cross = metrics["faster_coco_eval"]  # the same numbers by faster-coco-eval, from the saved JSON files
+    assert cross["agrees"] and cross["max_abs_diff"] <= 1e-3 and set(cross["stats"]) == set(metrics["stats"])
+    gt = json.loads((out / "ground_truth.json").read_text())
+    assert len(gt["images"]) == 4 and len(gt["annotations"]) == 71
     assert preds and {p["image_id"] for p in preds} <= {"BloodImage_00001", "BloodImage_00003", "BloodImage_00004",
                                                         "BloodImage_00005"}  # fmt: skip
     p = preds[0]

@@ -145,6 +145,8 @@ class Trainer:
         try:
             setup_logging(dist, run_dir)
             if dist.is_main:
+                for path in remove_stale_temporaries(run_dir / "weights"):  # safe: the lock says no one writes here
+                    LOGGER.warning(f"removed {path}, left by a checkpoint write that was cut off")
                 save_yaml(cfg, run_dir / "args.yaml")
             self.parts = build_parts(cfg, dist, device, run_dir, resume)
         except BaseException:
@@ -159,7 +161,7 @@ class Trainer:
             self.restore(resume)
 
     def open_run_dir(self, dist, resuming: bool) -> tuple[Path, bool]:
-        """``(run dir, created by this run)``; rank 0 holds its lock and clears temporaries of killed writes."""
+        """``(run dir, created by this run)``; rank 0 holds its lock from here to the end of the run."""
         run_dir, fresh = None, False
         if dist.is_main:
             if resuming:
@@ -168,8 +170,6 @@ class Trainer:
                 fresh = not (Path(self.cfg.project) / self.cfg.name).is_dir() or not self.cfg.exist_ok
                 run_dir = increment_run_dir(self.cfg.project, self.cfg.name, self.cfg.exist_ok)
             self._lock = RunLock(run_dir).acquire()
-            for path in remove_stale_temporaries(run_dir / "weights"):
-                LOGGER.warning(f"removed {path}, left by a checkpoint write that was cut off")
         return Path(broadcast_object(str(run_dir), dist)), fresh
 
     def default_callbacks(self) -> list[cb.Callback]:
