@@ -14,6 +14,7 @@ from test_metrics import load_voc_split, synthetic_detections
 from detector.config import ConfigError
 from detector.data import build_dataloader
 from detector.data.check import check, format_report
+from detector.data.convert import convert
 from detector.data.load import load_split
 from detector.engine.coco_crosscheck import EvaluatedImage, cross_check
 from detector.engine.validator import coco_results, image_truth
@@ -56,6 +57,9 @@ def test_coco_crowd_boxes_reach_the_evaluator_and_are_counted(crowd_coco):
     ev = COCOEvaluator()  # the same detections where the crowd box had been dropped: one false positive first
     ev.update(found, ImageGroundTruth([[40, 5, 50, 15]], [0]))
     assert ev.compute().stats["mAP50"] < 0.6
+    _, written = convert(crowd_coco, "coco", crowd_coco.parent / "converted")  # crowd survives a conversion
+    back = load_split(crowd_coco.parent / "converted" / "data.yaml", "val", cache=False)
+    assert back.ignored() == written["val"].ignored() == {"crowd": 2, "difficult": 0}
     cm = ConfusionMatrix(1, conf=0.25, iou=0.45)
     cm.update(found, truth)
     assert cm.matrix.tolist() == [[1, 0], [0, 0]]  # the crowd detection is neither a match nor background

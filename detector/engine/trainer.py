@@ -186,7 +186,7 @@ class Trainer:
         """Parts, step and callback states of a resumed run, and where its epochs and RNG streams continue."""
         self.parts.load_state_dict(ckpt)
         self.step.load_state_dict(ckpt["scheduler"])
-        states = ckpt.get("callbacks") or {}
+        states = ckpt.get("callbacks") or legacy_callback_states(ckpt)
         for c in self.callbacks:
             c.load_state_dict(states.get(c.name, {}))
         self.start_epoch = int(ckpt["epoch"]) + 1
@@ -232,6 +232,14 @@ class Trainer:
             self._lock = None
         close_log_files()
         shutdown_distributed()
+
+
+def legacy_callback_states(ckpt: dict) -> dict:
+    """Callback states of a checkpoint written before callbacks kept their own (best fitness at the top level)."""
+    return {
+        "Evaluator": {"best_fitness": ckpt.get("best_fitness"), "best_epoch": ckpt.get("best_epoch", -1)},
+        "ResultsLogger": {"rows": int(ckpt["epoch"]) + 1},
+    }
 
 
 def parse_train_args(argv: list[str]) -> TrainConfig:
