@@ -154,7 +154,7 @@ class Trainer:
             if fresh:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        self.step = TrainStep(self.parts, after_backward=lambda: self.emit("after_backward"))
+        self.step = self.make_step()
         self.losses = LossMeter(self.parts.loss.names, self.parts.loss.main_names, device)
         self.callbacks = sorted(self.default_callbacks() + self.user_callbacks, key=lambda c: c.order)
         if resume is not None:
@@ -171,6 +171,11 @@ class Trainer:
                 run_dir = increment_run_dir(self.cfg.project, self.cfg.name, self.cfg.exist_ok)
             self._lock = RunLock(run_dir).acquire()
         return Path(broadcast_object(str(run_dir), dist)), fresh
+
+    def make_step(self) -> TrainStep:
+        """The per-batch step. Any callable ``(batch, epoch, iteration, last_in_epoch) -> StepResult`` with
+        ``state_dict``/``load_state_dict`` fits here (e.g. a captured, sync-free step chosen by the config)."""
+        return TrainStep(self.parts, after_backward=lambda: self.emit("after_backward"))
 
     def default_callbacks(self) -> list[cb.Callback]:
         if not self.dist.is_main:
