@@ -78,7 +78,10 @@ class TrainParts:
 
     def load_state_dict(self, ckpt: dict) -> None:
         """Optimiser, scaler and EMA of a resumed run (the training weights were loaded when the model was built)."""
+        names = [g.get("name") for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for g, name in zip(self.optimizer.param_groups, names):  # checkpoints from before groups had names
+            g.setdefault("name", name)
         self.scaler.load_state_dict(ckpt.get("scaler") or {})
         self.ema.ema.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
