@@ -2,7 +2,8 @@
 
 No stacked convs: the RepGFPN outputs feed the prediction convs directly. Boxes are regressed as GFL
 distributions over ``reg_max`` bins (distance 0..reg_max - 1 in stride units; the authors' "reg_max 16" is our
-``reg_max: 17``, the same meaning as in ``DFLHead``), scaled by a learnable scalar per level; anchor points sit on the grid corners ``(i * stride, j * stride)``, with no half-cell offset.
+``reg_max: 17``, the same meaning as in ``DFLHead``), scaled by a learnable scalar per level; anchor points sit
+on the grid corners ``(i * stride, j * stride)``, with no half-cell offset.
 """
 
 from __future__ import annotations
