@@ -135,6 +135,10 @@ class Trainer:
             model.load_state_dict(self.resume_ckpt["train_model"])
         else:
             model = initial_model(cfg.model, len(self.names))
+            if cfg.weights:
+                from detector.convert.init_weights import load_weights
+
+                LOGGER.info(f"weights={cfg.weights}: {load_weights(model, cfg.weights).summary()}")
         model.names = dict(enumerate(self.names))
         model = model.to(self.device).train()
         heads = model.heads()
