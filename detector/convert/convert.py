@@ -20,26 +20,34 @@ from detector.config import ConfigError, load
 from detector.convert.mapping import KeyMapping, LoadReport, apply
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
+from detector.convert.yolov9_official import yolov9_mapping
 from detector.errors import DetectorError
 
 
 @dataclass(frozen=True)
 class Source:
-    """A kind of foreign checkpoint: how to recognise its keys and how to map them; ``models`` are ours it fits."""
+    """A kind of foreign checkpoint: ``recognise(keys, arch)`` (arch: the pickled model's class name, or
+    "state_dict"), ``mapping(keys, our_model)``, and ``models``, ours it fits."""
 
     name: str
-    recognise: Callable[[list[str]], bool]
-    mapping: Callable[[list[str]], KeyMapping]
+    recognise: Callable[[list[str], str], bool]
+    mapping: Callable[[list[str], object], KeyMapping]
     models: tuple[str, ...]
 
 
 SOURCES: dict[str, Source] = {
     "timm-vovnet": Source(
         "timm-vovnet",
-        lambda keys: "stem.0.conv.weight" in keys and any(k.startswith("stages.0.blocks.0.conv_concat.") for k in keys),
+        lambda keys, arch: "stem.0.conv.weight" in keys and any(k.startswith("stages.0.blocks.0.conv_concat.") for k in keys),
         timm_vovnet_mapping,
         ("vovnet39-v1-cls", "vovnet57-v1-cls", "vovnet19-dw-cls", "vovnet19-slim-dw-cls", "ese-vovnet39b-cls",
          "ese-vovnet57b-cls"),
+    ),
+    "yolov9-official": Source(
+        "yolov9-official",
+        lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
+        yolov9_mapping,
+        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
@@ -80,14 +88,14 @@ def _pick(obj: Any) -> Any:
     return obj
 
 
-def recognise(state: dict[str, torch.Tensor], path: str | Path, source: str = "") -> Source:
+def recognise(state: dict[str, torch.Tensor], path: str | Path, source: str = "", arch: str = "") -> Source:
     """The ``Source`` for a state dict: the one asked for, else the one whose key layout it has."""
     keys = list(state)
     if source:
         if source not in SOURCES:
             raise ConfigError(f"source={source!r} is not one of {', '.join(SOURCES)}")
         return SOURCES[source]
-    found = [s for s in SOURCES.values() if s.recognise(keys)]
+    found = [s for s in SOURCES.values() if s.recognise(keys, arch)]
     if not found:
         raise DetectorError(
             f"{path}: the checkpoint's keys ({', '.join(keys[:3])}, ...) match no supported source "
@@ -103,14 +111,14 @@ def convert(
     from detector.model import build_model, load_model_dict
 
     foreign = read_foreign(src)
-    kind = recognise(foreign.state, src, source)
+    kind = recognise(foreign.state, src, source, foreign.arch)
     if not model:
         raise ConfigError(
             f"{src}: a {kind.name} checkpoint does not name our model; give model= (one of {', '.join(kind.models)})"
         )
     cfg = load_model_dict(model)
     net = build_model(cfg)
-    report = apply(kind.mapping(list(foreign.state)), foreign.state, net, strict=True)
+    report = apply(kind.mapping(list(foreign.state), net), foreign.state, net, strict=True)
     nc = int(cfg.get("nc", 80))
     names = foreign.names if foreign.names and len(foreign.names) == nc else [str(i) for i in range(nc)]
     out = Path(out) if out else Path(src).with_name(f"{Path(src).stem}-{model}.pt")

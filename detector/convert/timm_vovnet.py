@@ -33,8 +33,8 @@ def _layer(rest: str, separable: bool, key: str) -> str:
     raise UnmappedKey(key)
 
 
-def timm_vovnet_mapping(keys: list[str]) -> KeyMapping:
-    """The key mapping for one timm VoVNet checkpoint (``keys``: its state-dict keys)."""
+def timm_vovnet_mapping(keys: list[str], model=None) -> KeyMapping:
+    """The key mapping for one timm VoVNet checkpoint (``keys``: its state-dict keys; ``model`` is not needed)."""
     separable = {k.split(".conv_dw.")[0] for k in keys if ".conv_dw." in k}
 
     def map_key(key: str) -> str:
