@@ -4,15 +4,18 @@ initialises training with a report."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
-from _engine_kit import bccd_subset, tiny_config
+from _engine_kit import REPO, bccd_subset, tiny_config
 from backbone_kit import randomize_norms
+from convert_kit import reference_weights
 
 from detector.checkpoint import load_checkpoint, model_from_checkpoint
 from detector.convert import UnmappedKey, UnsafePickle, convert, module_state_dict, safe_load
@@ -163,3 +166,76 @@ def test_weights_init_reports_loaded_reinitialised_ignored(tmp_path):
 
     with pytest.raises(DetectorError, match="detector convert"):
         load_weights(model, _save(timm.create_model("ese_vovnet19b_dw").state_dict(), tmp_path))
+
+
+YOLOV9_FIXTURES = REPO / "tests" / "assets" / "yolov9_reference"
+YOLOV9 = ["gelan-t", "gelan-s", "gelan-m", "gelan-c", "yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c"]
+
+
+def _bn_eval_raw(model: torch.nn.Module, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every head's raw maps (the training-form output, auxiliary heads included) with BatchNorm in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("name", YOLOV9)
+def test_yolov9_official_outputs_equal(name, tmp_path):
+    """Weights laid out as the paper's repository saves them give the outputs its own code gave
+    (tests/assets/yolov9_reference, made by tools/reference_outputs_yolov9.py), raw maps of both heads and the
+    decoded main output, within 1e-4."""
+    ref = json.loads((YOLOV9_FIXTURES / f"{name}.json").read_text())
+    arrays = np.load(YOLOV9_FIXTURES / f"{name}.npz")
+    torch.save(reference_weights(ref["keys"]), tmp_path / "theirs.pt")  # a state dict: no class name to go by
+    out, report = convert(tmp_path / "theirs.pt", tmp_path / "ours.pt", model=name, source="yolov9-official")
+    assert len(report.loaded) == len(build_model(name).state_dict()) and not report.kept
+    model = model_from_checkpoint(out, deploy=False)
+    x = torch.from_numpy(arrays["x"])
+    raw = _bn_eval_raw(model, x)
+    for tag in ("main", "aux"):
+        theirs = [torch.from_numpy(arrays[f"{tag}_{i}"]) for i in range(3) if f"{tag}_{i}" in arrays]
+        assert (tag in raw) == bool(theirs), tag
+        for a, b in zip(theirs, raw.get(tag, [])):
+            assert a.shape == b.shape and (a - b).abs().max() <= 1e-4, tag
+    with torch.no_grad():
+        dec = model.eval()(x)["main"]
+    xywh = torch.from_numpy(arrays["main_decoded"])
+    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:4] / 2, xywh[:, :2] + xywh[:, 2:4] / 2, xywh[:, 4:]], 1)
+    assert dec.shape == xyxy.shape and (dec - xyxy).abs().max() <= 1e-4
+
+
+def test_yolov9_checkpoint_into_gelan_drops_the_auxiliary_branch(tmp_path):
+    ref = json.loads((YOLOV9_FIXTURES / "yolov9-t.json").read_text())
+    arrays = np.load(YOLOV9_FIXTURES / "yolov9-t.npz")
+    torch.save(reference_weights(ref["keys"]), tmp_path / "theirs.pt")
+    out, report = convert(tmp_path / "theirs.pt", tmp_path / "g.pt", model="gelan-t", source="yolov9-official")
+    assert len(report.ignored) == len(ref["keys"]) - len(report.loaded) > 400  # aux branch + aux head + DFL
+    raw = _bn_eval_raw(model_from_checkpoint(out, deploy=False), torch.from_numpy(arrays["x"]))
+    assert set(raw) == {"main"}
+    for i, b in enumerate(raw["main"]):
+        assert (torch.from_numpy(arrays[f"main_{i}"]) - b).abs().max() <= 1e-4
+
+
+def test_yolov9_key_mapping_is_complete_and_strict():
+    """Every upstream key maps (or is dropped by rule) onto a tensor of ours with the same shape, for every
+    scale; a key from another layout fails loudly."""
+    from detector.convert.mapping import map_state_dict
+    from detector.convert.yolov9_official import yolov9_mapping
+
+    for name in YOLOV9:
+        keys = json.loads((YOLOV9_FIXTURES / f"{name}.json").read_text())["keys"]
+        model = build_model(name)
+        own = model.state_dict()
+        theirs = {k: torch.empty(s) for k, s in keys}
+        mapped, dropped = map_state_dict(yolov9_mapping(list(theirs), model), theirs)
+        assert set(mapped) == set(own), name
+        assert all(tuple(mapped[k].shape) == tuple(own[k].shape) for k in own), name
+        assert all(".dfl" in k for k in dropped), name
+    with pytest.raises(UnmappedKey):
+        map_state_dict(
+            yolov9_mapping(["model.0.conv.weight", "model.3.cv9.x"], build_model("gelan-t")),
+            {"model.0.conv.weight": torch.zeros(1), "model.3.cv9.x": torch.zeros(1), "model.22.foo.1": torch.zeros(1)},
+        )

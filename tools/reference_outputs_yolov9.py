@@ -44,7 +44,8 @@ def main() -> None:
     for name in args.models.split(","):
         model = DetectionModel(f"models/detect/{name}.yaml", ch=3, nc=80)
         keys_shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
-        model.load_state_dict(reference_weights(keys_shapes))
+        fixed = {k: v for k, v in model.state_dict().items() if ".dfl" in k}  # the DFL's arange weights stay
+        model.load_state_dict({**reference_weights(keys_shapes), **fixed})
         model.eval()
         x = torch.randn(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
