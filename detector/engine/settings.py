@@ -84,6 +84,7 @@ class TrainConfig:
     """Everything a training run reads. Saved as ``args.yaml`` in the run dir and inside every checkpoint."""
 
     model: str = "gelan-t"  # zoo name, model YAML, or a .pt checkpoint to start from
+    weights: str = ""  # initialise from this checkpoint (ours, or made by `detector convert`); matching tensors only
     data: str = ""  # dataset YAML (path or name under configs/data)
     epochs: int = 100
     imgsz: int = 640
