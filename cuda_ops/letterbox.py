@@ -1,6 +1,6 @@
 """Fused input: uint8 HWC BGR frames of any sizes -> letterboxed RGB CHW in 0..1 (fp16/fp32), one kernel.
 
-The geometry is the project's letterbox (``detector/data/letterbox.py``, ``deploy/preprocess.py``), computed on
+The geometry is the project's letterbox (``PreprocessSpec.plan`` in ``deploy/contract.py``), computed on
 the host in the same Python arithmetic: ``r = min(H / h, W / w)`` (capped at 1 without ``scaleup``), content
 ``round(w * r) x round(h * r)`` (Python's round, at least 1), padding ``left = (W - rw) // 2``,
 ``top = (H - rh) // 2`` (the odd pixel goes right/bottom), pad value 114. The resize follows OpenCV as the
@@ -42,7 +42,7 @@ def letterbox_geometry(
 ) -> tuple[float, int, int, int, int]:
     """``(r, rh, rw, top, left)`` of an ``h x w`` frame letterboxed into ``size = (H, W)``.
 
-    The same arithmetic as ``detector.data.letterbox.letterbox`` (``auto=False``); ``center=False`` puts the
+    The same arithmetic as ``PreprocessSpec(size, auto=False).plan(h, w)``; ``center=False`` puts the
     content at the top-left corner instead.
     """
     nh, nw = size
@@ -96,12 +96,23 @@ def pack_frames(
 
 
 def letterbox_params(
-    layout: list[tuple[int, int, int, int]], size: tuple[int, int], scaleup: bool = True, center: bool = True
+    layout: list[tuple[int, int, int, int]],
+    size: tuple[int, int],
+    scaleup: bool = True,
+    center: bool = True,
+    geometry: Sequence[tuple[float, int, int, int, int]] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-image kernel parameters ``int64 (B, 10)`` and ``meta float32 (B, 4) = (r, left, top, r)`` (CPU)."""
+    """Per-image kernel parameters ``int64 (B, 10)`` and ``meta float32 (B, 4) = (r, left, top, r)`` (CPU).
+
+    ``geometry``: each image's ``(r, rh, rw, top, left)`` from the caller (e.g. ``PreprocessSpec.plan`` for a
+    batch canvas), instead of fitting each frame into ``size``."""
+    if geometry is not None and len(geometry) != len(layout):
+        raise ValueError(f"letterbox_frames: {len(geometry)} geometries for {len(layout)} frames")
     params, meta = [], []
-    for offset, h, w, stride in layout:
-        r, rh, rw, top, left = letterbox_geometry(h, w, size, scaleup, center)
+    for i, (offset, h, w, stride) in enumerate(layout):
+        r, rh, rw, top, left = letterbox_geometry(h, w, size, scaleup, center) if geometry is None else geometry[i]
+        if not (0 <= top and top + rh <= size[0] and 0 <= left and left + rw <= size[1]):
+            raise ValueError(f"letterbox_frames: frame {i}: {rh}x{rw} at ({top}, {left}) leaves the {size} output")
         params.append((offset, h, w, stride, rh, rw, top, left, *_taps_per_axis(h, w, rh, rw)))
         meta.append((r, left, top, r))
     return torch.tensor(params, dtype=torch.int64), torch.tensor(meta, dtype=torch.float32)
@@ -357,6 +368,7 @@ def letterbox_frames(
     sizes: Sequence[tuple[int, int]] | None = None,
     device: str | torch.device | None = None,
     impl: str = "auto",
+    geometry: Sequence[tuple[float, int, int, int, int]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Letterbox uint8 BGR frames into one model batch.
 
@@ -370,6 +382,9 @@ def letterbox_frames(
         center: centre the content (the project's letterbox) or put it top-left.
         device: where to letterbox (default: where the frames are); host frames are packed into one pinned
             buffer and sent in one asynchronous copy, so only uint8 bytes cross the bus.
+        geometry: per frame ``(r, rh, rw, top, left)`` (content size and placement) given by the caller instead
+            of fitting each frame into ``size``: a ``PreprocessSpec.plan`` whose canvas (``size`` here) is smaller
+            than the spec's size (minimal padding) or a batch's common canvas.
 
     Returns:
         ``images (Tensor[B, 3, H, W])`` RGB in 0..1 of ``dtype``, and ``meta (float32 Tensor[B, 4])`` on the same
@@ -381,7 +396,7 @@ def letterbox_frames(
     if not 0 <= int(pad_value) <= 255:
         raise ValueError(f"letterbox_frames: pad_value must be 0..255, got {pad_value}")
     src, layout = pack_frames(frames, sizes)
-    params, meta = letterbox_params(layout, (out_h, out_w), scaleup, center)
+    params, meta = letterbox_params(layout, (out_h, out_w), scaleup, center, geometry)
     device = src.device if device is None else torch.device(device)
     src, params, meta = (_to_device(t, device) for t in (src, params, meta))
     if use_kernel("letterbox_frames", impl, src.device):

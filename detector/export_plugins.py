@@ -9,7 +9,7 @@ themselves are in ``cuda_ops.trt_plugins``):
   fused decode + class scores + threshold + per-image top-K over the three raw head maps; attributes
   ``strides``, ``reg_max``, ``conf_threshold`` (the export's ``conf``), ``max_candidates`` (K),
   ``multi_label`` (1: one candidate per (anchor, class) above the threshold, as the exported NMS variants keep
-  them), ``anchor_offset``.
+  them; 0: each anchor's best class, the export's ``multi_label=False`` with ``nms=none``), ``anchor_offset``.
 
 The graph still ends in ``output0 (B, 4 + nc, K)`` in the usual layout (boxes, then per-class scores; the K
 candidates instead of all A anchors, empty slots scored -1), so ``nms=onnx``/``nms=trt`` append to it exactly as
@@ -36,6 +36,7 @@ from detector.errors import DetectorError
 from detector.model import DetectionModel
 from detector.nn.kernel_swap import swap_ska
 from detector.nn.ska import ska
+from detector.ops import NMSConfig
 from detector.predict.graph_backend import DEFAULT_TOPK
 
 DOMAIN = NAMESPACE
@@ -128,8 +129,7 @@ class PluginDeployGraph(nn.Module):
                 f"export plugins=True: the DecodeTopK plugin takes 3 head levels, {model.yaml.get('name')} has "
                 f"{len(head.strides)}; export without plugins"
             )
-        self.model, self.head = model, head
-        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is head)
+        self.model, self.head, self.tag = model, head, model.main_tag
         self.dtype = next(model.parameters()).dtype
         self.conf, self.k, self.multi_label = float(conf), int(k), bool(multi_label)
         self.n_ska = swap_ska(model, ska_node)
@@ -141,9 +141,12 @@ class PluginDeployGraph(nn.Module):
         return pack_dense(*_DecodeTopKNode.apply(*maps, *args), h.nc)
 
 
-def plugin_graph(model: DetectionModel, conf: float, k: int = DEFAULT_TOPK) -> PluginDeployGraph:
-    """The plugin form of a deploy model (modified in place: export passes its own copy)."""
-    return PluginDeployGraph(model, conf, k).eval()
+def plugin_graph(model: DetectionModel, nms: NMSConfig, k: int = DEFAULT_TOPK) -> PluginDeployGraph:
+    """The plugin form of a deploy model (modified in place: export passes its own copy). The candidates are
+    those the export's ``NMSConfig`` would consider: above ``nms.conf``, one per (anchor, class) with
+    ``nms.multi_label`` (always so for in-graph NMS), else each anchor's best class, so the NMS after the node
+    sees what it would see in the dense output."""
+    return PluginDeployGraph(model, nms.conf, k, nms.multi_label).eval()
 
 
 def declare_plugin_graph(proto: onnx.ModelProto, batch: int | None, nc: int, k: int = DEFAULT_TOPK) -> None:

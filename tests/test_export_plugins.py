@@ -16,10 +16,11 @@ from onnx import helper
 from tiny_models import tiny_lsnet_detector
 
 from cuda_ops.trt_plugins import ATTRIBUTES, DECODE_TOPK, NAMESPACE, SKA, plugin_id, register_plugins
-from detector.engine.postprocess import non_max_suppression
 from detector.export import DeployGraph, export, load_deploy_model
 from detector.export_plugins import DOMAIN, PluginDeployGraph
 from detector.nn.ska import ska
+from detector.ops import NMSConfig
+from detector.ops.nms import non_max_suppression
 from detector.predict.graph_backend import DEFAULT_TOPK
 
 PLUGIN_KEYS = {"plugin_namespace", "plugin_version"}
@@ -39,7 +40,7 @@ def _plugin_nodes(proto: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
 
 
 def test_plugin_export_writes_ska_and_decode_nodes(lsnet, tmp_path):
-    path = export(lsnet, imgsz=96, dynamic=True, plugins=True, conf=0.3, out=tmp_path / "p.onnx")
+    path = export(lsnet, imgsz=96, dynamic=True, plugins=True, conf=0.3, multi_label=True, out=tmp_path / "p.onnx")
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert any(o.domain == DOMAIN and o.version == 1 for o in proto.opset_import)
@@ -94,14 +95,30 @@ def test_half_plugin_export_keeps_ska_in_fp16(lsnet, tmp_path):
     assert types[first.input[0]] == types[first.input[1]] == onnx.TensorProto.FLOAT16
 
 
+def test_plugin_candidates_follow_the_exports_multi_label(lsnet, tmp_path):
+    """nms=none takes the prediction preset (one label per box) unless told otherwise; in-graph NMS is
+    multi-label by construction, and the candidates the node keeps say so."""
+
+    def flag(**kw) -> int:
+        proto = onnx.load(str(export(lsnet, imgsz=96, plugins=True, out=tmp_path / "m.onnx", **kw)))
+        (dec,) = _plugin_nodes(proto, DECODE_TOPK)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(meta["postprocess"])["multi_label"] == bool(_attrs(dec)["multi_label"])
+        return _attrs(dec)["multi_label"]
+
+    assert (flag(), flag(multi_label=True), flag(nms="onnx")) == (0, 1, 1)
+
+
 @torch.no_grad()
-def test_plugin_graph_numbers_equal_the_dense_graph_after_nms(lsnet):
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_plugin_graph_numbers_equal_the_dense_graph_after_nms(lsnet, multi_label):
     """Eagerly the nodes run the ops' references: the top-K candidates NMS'd like output0 give the same boxes."""
     x = torch.from_numpy(np.stack([im[::-1][:96, :96].transpose(2, 0, 1) for im in bccd_images(2)]) / 255.0).float()
-    dense = non_max_suppression(DeployGraph(load_deploy_model(lsnet))(x), 0.25, 0.7, 300, multi_label=True)
-    packed = PluginDeployGraph(load_deploy_model(lsnet), conf=0.25)(x)
+    cfg = NMSConfig(conf=0.25, iou=0.7, max_det=300, multi_label=multi_label)
+    dense = non_max_suppression(DeployGraph(load_deploy_model(lsnet))(x), cfg)
+    packed = PluginDeployGraph(load_deploy_model(lsnet), conf=0.25, multi_label=multi_label)(x)
     assert packed.shape == (2, 7, DEFAULT_TOPK)
-    plugin = non_max_suppression(packed, 0.25, 0.7, 300, multi_label=True)
+    plugin = non_max_suppression(packed, cfg)
     assert sum(len(d) for d in dense) > 0
     for a, b in zip(dense, plugin):
         assert len(a) == len(b)
@@ -203,7 +220,7 @@ def test_real_tensorrt_builds_and_runs_the_plugin_engine(lsnet, tmp_path):
         pytest.skip("needs a CUDA GPU")
     from deploy import load_runner, predict
 
-    engine = export(lsnet, format="engine", imgsz=96, plugins=True, out=tmp_path / "p.engine")
+    engine = export(lsnet, format="engine", imgsz=96, plugins=True, multi_label=True, out=tmp_path / "p.engine")
     register_plugins()  # the serving process needs the Python plugins too (export registered them here already)
     reference = export(lsnet, imgsz=96, out=tmp_path / "r.onnx")
     imgs = bccd_images(2)

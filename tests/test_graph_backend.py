@@ -16,6 +16,7 @@ from tiny_models import tiny_detector, tiny_lsnet_detector
 from detector import Detector
 from detector.errors import DetectorError
 from detector.nn.kernel_swap import DwPw, LSConvWith
+from detector.ops import PreprocessSpec
 from detector.predict.backends import TorchBackend
 from detector.predict.cli import cli_predict
 from detector.predict.graph_backend import GraphBackend
@@ -66,7 +67,7 @@ def _assert_same(got, want, box_atol: float = 0.5, score_atol: float = 2e-3) -> 
 def test_eager_graph_path_equals_torch_backend_on_bccd(gelan, frames, multi_label):
     same_shape, mixed = frames
     ref, det = _torch(gelan), _graph(gelan)
-    for batch in (same_shape, mixed):  # minimal padding (one shape) and the square (mixed shapes)
+    for batch in (same_shape, mixed):  # one shape, and mixed shapes padded to the largest canvas
         want = ref.predict(batch, imgsz=160, conf=0.25, batch=len(batch), multi_label=multi_label)
         got = det.predict(batch, imgsz=160, conf=0.25, batch=len(batch), multi_label=multi_label)
         assert _assert_same(got, want) > 0
@@ -80,34 +81,27 @@ def test_graph_without_kernels_and_with_classes_equals_torch(gelan, frames):
     assert all(set(r.cls.astype(int)) <= {1, 2} for r in want)
 
 
-def test_letterbox_geometry_matches_detector_preprocess(gelan, frames):
-    """Sizes where the minimal padding changes letterbox_frames' scale take the square-and-crop path."""
+def test_letterbox_geometry_is_the_contracts_plan(gelan):
+    """The GPU letterbox takes ``PreprocessSpec.plan``'s geometry for the batch canvas (ratio from the spec's
+    size, centred padding) and matches ``Detector.preprocess`` (OpenCV) pixel for pixel up to 1 level, also for
+    sizes where fitting each image into the canvas would give another ratio (57x284, 85x141) and for batches of
+    mixed shapes padded to their largest canvas."""
     backend = GraphBackend(copy.deepcopy(gelan).to_deploy(), CPU, capture=False)
     ref = _torch(gelan)
-    from cuda_ops.letterbox import letterbox_geometry
-
     photo = bccd_images(1)[0]
-    # (57, 284) and (85, 141): minimal padding would change letterbox_frames' scale -> square and crop
-    for hw in ((480, 640), (363, 512), (57, 284), (85, 141), (333, 100)):
-        img = np.ascontiguousarray(photo[: hw[0], : hw[1]])
-        for auto in (True, False):
-            got, got_rp = backend.letterbox([img], 160, auto=auto)
-            want, want_rp = ref.preprocess([img, img] if not auto else [img], 160)
-            if not auto:  # Detector uses the square for mixed shapes; a pair of equal images would be auto
-                want, want_rp = _square(ref, img)
-            assert got.shape[2:] == want.shape[2:], (hw, auto)
-            assert got_rp[0][1] == tuple(want_rp[0][1]) and got_rp[0][0] == pytest.approx(want_rp[0][0])
-            assert (got - want[:1]).abs().max() <= 1.01 / 255, (hw, auto)
-    r, rh, rw = letterbox_geometry(57, 284, (160, 160))[:3]
-    assert letterbox_geometry(57, 284, (rh + (160 - rh) % 32, 160))[:3] != (r, rh, rw)  # the crop case is real
-
-
-def _square(ref: Detector, img):
-    from detector.data.letterbox import letterbox
-
-    out, r, pad = letterbox(img, (160, 160), stride=32, auto=False)
-    x = torch.from_numpy(np.ascontiguousarray(out[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
-    return x, [(r, pad)]
+    crops = [np.ascontiguousarray(photo[:h, :w]) for h, w in ((480, 640), (363, 512), (57, 284), (85, 141), (333, 100))]
+    fixed = PreprocessSpec(160, 32, auto=False)
+    for spec in (backend.input_spec(160), fixed, PreprocessSpec((96, 160), 32, scaleup=False)):
+        for batch in [[c] for c in crops] + [crops[:3], crops[2:]]:
+            got, got_plans = backend.letterbox(batch, spec)
+            want, want_plans = ref.preprocess(batch, spec)
+            canvas = spec.batch_canvas([c.shape[:2] for c in batch])
+            assert got_plans == want_plans == [spec.plan(*c.shape[:2], canvas) for c in batch]
+            assert got.shape == want.shape and got.shape[2:] == canvas
+            assert (got - want).abs().max() <= 1.01 / 255, (spec, [c.shape for c in batch])
+    # the cases are real: fitting into the minimal canvas itself would change the ratio
+    plan = backend.input_spec(160).plan(57, 284)
+    assert PreprocessSpec(plan.canvas, 32, auto=False).plan(57, 284).resized != plan.resized
 
 
 def test_lsnet_blocks_run_through_cuda_ops_ska_and_dw_pw(frames):
@@ -137,13 +131,15 @@ def test_capture_and_replay_through_a_fake_graph(gelan, frames):
     assert ops.captures == 1, "same (batch, H, W) and settings: replay only"
     _assert_same(again, first, box_atol=0, score_atol=0)
     _assert_same(first, eager.predict(same_shape, imgsz=160, conf=0.25, batch=2), box_atol=0, score_atol=0)
-    det.predict(mixed, imgsz=160, conf=0.25, batch=2)  # square 160 x 160: a new graph
+    det.predict(mixed, imgsz=160, conf=0.25, batch=2)  # mixed shapes share the largest canvas, 128 x 160: replay
+    assert ops.captures == 1
+    det.predict(mixed, imgsz=192, conf=0.25, batch=2)  # 144 x 192 and 136 x 192 -> 160 x 192: a new graph
     det.predict(same_shape, imgsz=160, conf=0.4, batch=2)  # a new threshold: a new graph
     det.predict(same_shape[:1], imgsz=160, conf=0.25, batch=1)  # a new batch size: a new graph
     assert ops.captures == 4
     assert [entry for entry in ops.log if entry[0] == "capture"] == [
         ("capture", (2, 3, 128, 160)),
-        ("capture", (2, 3, 160, 160)),
+        ("capture", (2, 3, 160, 192)),
         ("capture", (2, 3, 128, 160)),
         ("capture", (1, 3, 128, 160)),
     ]

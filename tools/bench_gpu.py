@@ -193,9 +193,10 @@ def model_forward(det, images: torch.Tensor) -> Callable[[], object]:
 
 
 def bench_models(s: Settings, ceil: Ceilings) -> list[Row]:
-    from detector.data.letterbox import letterbox
     from detector.info import count_flops
     from detector.model import build_model
+    from detector.ops import PreprocessSpec
+    from detector.ops.letterbox import to_input
 
     frames_all = [np.ascontiguousarray(f) for f in _bccd_frames(max(s.batches))]
     rows = []
@@ -204,8 +205,7 @@ def bench_models(s: Settings, ceil: Ceilings) -> list[Row]:
         flops = count_flops(deploy, s.imgsz)
         for batch in s.batches:
             frames = frames_all[:batch]
-            boxed = np.stack([letterbox(f, s.imgsz, auto=False)[0] for f in frames])[..., ::-1].transpose(0, 3, 1, 2)
-            images = torch.from_numpy(np.ascontiguousarray(boxed)).to(s.device).float() / 255
+            images, _ = to_input(frames, PreprocessSpec(s.imgsz, auto=False), s.device)  # the square, as the FLOPs
             floor = ceil.floor_ms(flops * batch, model_bytes(deploy, s.imgsz, batch, frames[0].shape[:2]))
             rows.append(Row(f"{name} floor", batch, None, floor_ms=floor, note=f"{flops / 1e9:.1f} GFLOPs/img"))
             for variant in VARIANTS:

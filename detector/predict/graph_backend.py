@@ -2,8 +2,9 @@
 
 One batch of uint8 BGR frames takes this path, every step on the GPU:
 
-1. ``cuda_ops.letterbox_frames``: resize + pad 114 + BGR->RGB + /255 + CHW in one kernel, the geometry of
-   ``detector.data.letterbox`` (so boxes map back with the same ``(ratio, pad)``);
+1. ``cuda_ops.letterbox_frames``: resize + pad + BGR->RGB + /255 + CHW in one kernel, at the geometry
+   ``PreprocessSpec.plan`` gives (``deploy.contract``: the batch canvas, each image's ratio and centred pad), so
+   the input equals ``Detector.preprocess``'s and boxes map back with the same ``LetterboxPlan``;
 2. the captured graph for this (batch, H, W): the model body (SKA through ``cuda_ops.ska``, depthwise 3x3 +
    pointwise pairs through ``cuda_ops.dw_pw``) -> raw head maps -> ``cuda_ops.decode_topk`` (DFL, anchors,
    class scores, threshold, per-image top-K) into static buffers;
@@ -27,20 +28,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detector.engine.postprocess import non_max_suppression
 from detector.errors import DetectorError
 from detector.model import DetectionModel
 from detector.nn.heads import BinnedHead
 from detector.nn.kernel_swap import swap_dw_pw, swap_ska
+from detector.ops import LetterboxPlan, NMSConfig, PreprocessSpec
+from detector.ops.nms import non_max_suppression
+from detector.predict.backends import model_input_spec
 from detector.predict.cuda_graph import GraphCache, GraphOps
 
-PAD_VALUE = 114
 DEFAULT_TOPK = 1000
 """Candidates kept per image before NMS: at predict thresholds (conf 0.25) a trained model has far fewer; the
 dense path (validation at conf 0.001, the torch backend) keeps up to 30000."""
 IMPLS = {"auto": "auto", True: "kernel", False: "reference"}
-
-RatioPad = tuple[float, tuple[int, int]]
 
 
 def _impl(kernels: bool | str) -> str:
@@ -64,6 +64,7 @@ class GraphBackend:
 
     fixed_shape = None
     has_nms = False  # __call__ returns the dense output; ``detect`` runs NMS itself
+    nms = NMSConfig.predict()
 
     def __init__(
         self,
@@ -94,7 +95,7 @@ class GraphBackend:
         self.head = model.main_head
         # decode_topk computes BinnedHead.decode (every DFL/GFL head); kernels=False: the dense PyTorch decode
         self.fused_post = kernels is not False and isinstance(self.head, BinnedHead)
-        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is self.head)
+        self.tag = model.main_tag
         self.names = dict(model.names)
         self.stride = int(max(model.strides))
         self.topk = int(topk)
@@ -108,7 +109,7 @@ class GraphBackend:
 
     def _dense(self, images: Tensor) -> tuple[Tensor]:
         """``(B, 4 + nc, A)`` float32, as every other backend returns it."""
-        return (self.head.decode([m.float() for m in self._maps(images)]),)
+        return (self.model.decode(self._maps(images)),)
 
     def _topk(self, images: Tensor, conf: float, multi_label: bool, classes: tuple | None) -> tuple[Tensor, ...]:
         """decode_topk's ``boxes (B, K, 4)``, ``scores (B, K)``, ``labels (B, K)``, ``valid (B, K)``."""
@@ -130,6 +131,10 @@ class GraphBackend:
         return cache(images)
 
     # -- the backend API -------------------------------------------------------------------------------------
+    def input_spec(self, imgsz: int | tuple[int, int] | None) -> PreprocessSpec:
+        """A PyTorch model's spec: any multiple of the stride, minimal padding (as the torch backend)."""
+        return model_input_spec(self.stride, imgsz)
+
     def prepare(self, images: Tensor) -> Tensor:
         """Any float batch -> this model's device, dtype and memory format."""
         x = images.to(self.device, self.dtype)
@@ -140,62 +145,41 @@ class GraphBackend:
         (out,) = self._run(("dense",), self._dense, self.prepare(images))
         return out.clone()
 
-    def letterbox(self, frames: Sequence[np.ndarray], imgsz: int, auto: bool) -> tuple[Tensor, list[RatioPad]]:
-        """uint8 BGR frames -> ``(Tensor[B, 3, H, W])`` on the GPU in the model's dtype, and ``(ratio, pad)`` each.
+    def letterbox(self, frames: Sequence[np.ndarray], spec: PreprocessSpec) -> tuple[Tensor, list[LetterboxPlan]]:
+        """uint8 BGR frames -> ``(Tensor[B, 3, H, W])`` on the device in the model's dtype, and each frame's plan.
 
-        ``Detector.preprocess``'s rule: square ``imgsz``, or with ``auto`` (a batch of one shape) minimal padding
-        to a multiple of the stride (at least 32). The geometry comes from the host (``letterbox_geometry``, the
-        project's arithmetic). ``letterbox_frames`` derives the scale from the output size, which for a minimal
-        padding can in rare cases give a different scale than the square's: then the square is letterboxed and
-        cropped (the padding is uniform, so the crop is exactly the minimally padded image).
+        The geometry is the contract's, computed on the host: the batch canvas ``spec.batch_canvas`` and each
+        frame's ``spec.plan`` into it (ratio from ``spec.size``, centred padding), the same numbers
+        ``Detector.preprocess`` uses; ``letterbox_frames`` only moves the pixels.
         """
         import cuda_ops
-        from cuda_ops.letterbox import letterbox_geometry
 
-        square = (imgsz, imgsz)
-        geometry = [letterbox_geometry(f.shape[0], f.shape[1], square)[:3] for f in frames]  # (r, rh, rw)
-        out_h, out_w = square
-        if auto:
-            stride = max(self.stride, 32)
-            _, rh, rw = geometry[0]
-            out_h, out_w = rh + (imgsz - rh) % stride, rw + (imgsz - rw) % stride
-        direct = letterbox_geometry(frames[0].shape[0], frames[0].shape[1], (out_h, out_w))[:3] == geometry[0]
+        canvas = spec.batch_canvas([f.shape[:2] for f in frames])
+        plans = [spec.plan(f.shape[0], f.shape[1], canvas) for f in frames]
         images, _ = cuda_ops.letterbox_frames(  # host frames travel as uint8 in one pinned copy
             list(frames),
-            (out_h, out_w) if direct else square,
+            canvas,
             self.dtype,
-            PAD_VALUE,
+            spec.pad_value,
+            scaleup=spec.scaleup,
             device=self.device,
             impl=self.impl,
+            geometry=[(p.ratio, *p.resized, p.pad[1], p.pad[0]) for p in plans],  # (r, rh, rw, top, left)
         )
-        if not direct:
-            _, rh, rw = geometry[0]
-            y0, x0 = (imgsz - rh) // 2 - (out_h - rh) // 2, (imgsz - rw) // 2 - (out_w - rw) // 2
-            images = images[:, :, y0 : y0 + out_h, x0 : x0 + out_w]
-        ratio_pads = [(r, ((out_w - rw) // 2, (out_h - rh) // 2)) for r, rh, rw in geometry]
-        return self.prepare(images), ratio_pads
+        return self.prepare(images), plans
 
     def detect(
-        self,
-        frames: Sequence[np.ndarray],
-        imgsz: int,
-        conf: float,
-        iou: float,
-        max_det: int,
-        multi_label: bool = False,
-        classes: Sequence[int] | None = None,
-        agnostic: bool = False,
-    ) -> tuple[list[Tensor], list[RatioPad]]:
-        """Frames -> per-image ``Tensor[n, 6]`` (letterboxed pixels, best first) and each frame's ``(ratio, pad)``."""
+        self, frames: Sequence[np.ndarray], spec: PreprocessSpec, nms: NMSConfig | None = None
+    ) -> tuple[list[Tensor], list[LetterboxPlan]]:
+        """Frames -> per-image ``Tensor[n, 6]`` (letterboxed pixels, best first) and each frame's plan."""
         import cuda_ops
 
-        same = all(f.shape == frames[0].shape for f in frames)
-        images, ratio_pads = self.letterbox(frames, imgsz, auto=same)
+        nms = nms or self.nms
+        images, plans = self.letterbox(frames, spec)
         if not self.fused_post:
-            pred = self(images)
-            return non_max_suppression(pred, conf, iou, max_det, multi_label, classes, agnostic), ratio_pads
-        cand = self.candidates(images, conf, multi_label, classes)
-        return cuda_ops.batched_nms(*cand, iou=iou, max_det=max_det, agnostic=agnostic), ratio_pads
+            return non_max_suppression(self(images), nms), plans
+        cand = self.candidates(images, nms.conf, nms.multi_label, nms.classes)
+        return cuda_ops.batched_nms(*cand, iou=nms.iou, max_det=nms.max_det, agnostic=nms.agnostic), plans
 
     def replay(self, images: Tensor, conf: float = 0.25) -> tuple[Tensor, ...]:
         """Only the captured part, on a ``prepare``d batch (what benchmarks time): the top-K candidates, or with
