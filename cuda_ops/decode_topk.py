@@ -104,22 +104,37 @@ def gather_decode_reference(
 
 # ---------------------------------------------------------------------------------------------------- kernels
 def _class_max(
-    map_ptr, keep_ptr, score_ptr, cls_ptr, HW, A, a_start, NC, reg_max, BLOCK: tl.constexpr, NCB: tl.constexpr
+    map_ptr,
+    keep_ptr,
+    score_ptr,
+    cls_ptr,
+    HW,
+    A,
+    a_start,
+    NC,
+    reg_max,
+    s_b,
+    s_c,
+    s_p,
+    BLOCK: tl.constexpr,
+    NCB: tl.constexpr,
 ):
     """Grid (cdiv(HW, BLOCK), B): best kept class of a block of one level's cells, streaming NCB classes at a
-    time (loads are contiguous along the cells)."""
+    time. Element (b, c, cell) of the map is at ``b * s_b + c * s_c + cell * s_p`` (NCHW or channels-last)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     pm = p < HW
-    base = map_ptr + (b * (4 * reg_max + NC) + 4 * reg_max) * HW
+    base = map_ptr + b * s_b + (4 * reg_max) * s_c
     best = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
     best_c = tl.zeros((BLOCK,), dtype=tl.int32)
     for c0 in range(0, NC, NCB):
         c = c0 + tl.arange(0, NCB)
         cm = c < NC
         keep = tl.load(keep_ptr + c, mask=cm, other=0) != 0
-        v = tl.load(base + c[:, None] * HW + p[None, :], mask=(cm & keep)[:, None] & pm[None, :], other=float("-inf"))
+        v = tl.load(
+            base + c[:, None] * s_c + p[None, :] * s_p, mask=(cm & keep)[:, None] & pm[None, :], other=float("-inf")
+        )
         v = v.to(tl.float32)
         m = tl.max(v, axis=0)
         # first class reaching the maximum, as torch.max reports it
@@ -145,6 +160,9 @@ def _gather_decode(
     reg_max,
     stride,
     offset,
+    s_b,
+    s_c,
+    s_p,
     RMP: tl.constexpr,
     NCP: tl.constexpr,
     WITH_SCORES: tl.constexpr,
@@ -158,13 +176,13 @@ def _gather_decode(
     idx = tl.load(index_ptr + b * K + k, mask=km, other=-1) - a_start
     mine = km & (idx >= 0) & (idx < HW)
     cell = tl.where(mine, idx, 0)
-    base = map_ptr + b * (4 * reg_max + NC) * HW + cell
+    base = map_ptr + b * s_b + cell.to(tl.int64) * s_p
     r = tl.arange(0, RMP)
     rm = r < reg_max
     px = (cell % W).to(tl.float32) + offset
     py = (cell // W).to(tl.float32) + offset
     for side in tl.static_range(4):
-        v = tl.load(base[:, None] + (side * reg_max + r[None, :]) * HW, mask=mine[:, None] & rm[None, :], other=0.0)
+        v = tl.load(base[:, None] + (side * reg_max + r[None, :]) * s_c, mask=mine[:, None] & rm[None, :], other=0.0)
         v = tl.where(rm[None, :], v.to(tl.float32), float("-inf"))  # padding bins only: rows stay finite
         e = tl.exp(v - tl.max(v, axis=1)[:, None])
         d = tl.sum(e * r[None, :].to(tl.float32), axis=1) / tl.sum(e, axis=1)
@@ -180,7 +198,7 @@ def _gather_decode(
     if WITH_SCORES:
         c = tl.arange(0, NCP)
         cm = c < NC
-        v = tl.load(base[:, None] + (4 * reg_max + c[None, :]) * HW, mask=mine[:, None] & cm[None, :], other=0.0)
+        v = tl.load(base[:, None] + (4 * reg_max + c[None, :]) * s_c, mask=mine[:, None] & cm[None, :], other=0.0)
         s = 1.0 / (1.0 + tl.exp(-v.to(tl.float32)))
         tl.store(scores_ptr + (b * K + k)[:, None] * NC + c[None, :], s, mask=mine[:, None] & cm[None, :])
 
@@ -188,6 +206,16 @@ def _gather_decode(
 @functools.cache
 def _kernels():
     return jit_kernels(sys.modules[__name__], (_class_max, _gather_decode))
+
+
+def _flat_cells(m: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    """``m (B, C, H, W)`` and its (batch, channel, cell) strides, the cells ``y * W + x`` one stride apart: true
+    for NCHW-contiguous and channels-last maps alike, so neither is copied; anything else is made contiguous."""
+    sb, sc, sy, sx = m.stride()
+    if sy != m.shape[3] * sx and m.shape[2] > 1:
+        m = m.contiguous()
+        sb, sc, sy, sx = m.stride()
+    return m, (sb, sc, sx)
 
 
 def class_max_kernel(maps: list[Tensor], reg_max: int, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,8 +231,9 @@ def class_max_kernel(maps: list[Tensor], reg_max: int, keep: Tensor) -> tuple[Te
         hw = m.shape[2] * m.shape[3]
         if b and hw:
             grid = (cdiv(hw, block), b)
+            m, strides = _flat_cells(m)
             _kernels().class_max[grid](
-                m.contiguous(), keep, score, cls, hw, a, start, nc, reg_max, BLOCK=block, NCB=NC_CHUNK
+                m, keep, score, cls, hw, a, start, nc, reg_max, *strides, BLOCK=block, NCB=NC_CHUNK
             )
         start += hw
     return score, cls
@@ -224,8 +253,9 @@ def gather_decode_kernel(
     for m, s in zip(maps, strides):
         hw = m.shape[2] * m.shape[3]
         if b and k and hw:
+            m, map_strides = _flat_cells(m)
             _kernels().gather_decode[(cdiv(k, block), b)](
-                m.contiguous(),
+                m,
                 index,
                 boxes,
                 scores,
@@ -237,6 +267,7 @@ def gather_decode_kernel(
                 reg_max,
                 float(s),
                 float(offset),
+                *map_strides,
                 RMP=next_pow2(reg_max),
                 NCP=next_pow2(nc),
                 WITH_SCORES=with_scores,
@@ -247,20 +278,21 @@ def gather_decode_kernel(
 
 
 def compile_specs() -> list[CompileSpec]:
-    """The specialisations compiled ahead of time for sm_90 by the tests (fp16 and fp32 maps, nc 80)."""
+    """The specialisations compiled ahead of time for sm_90 by the tests: fp16 NCHW maps and fp32 channels-last
+    maps (a unit stride is a constexpr at run time, as Triton specialises it), nc 80, reg_max 16."""
     specs = []
-    for ty in ("fp16", "fp32"):
+    for ty, layout in (("fp16", "nchw"), ("fp32", "nhwc")):
+        unit, other = ("s_p", "s_c") if layout == "nchw" else ("s_c", "s_p")
         cm = {"map_ptr": f"*{ty}", "keep_ptr": "*i8", "score_ptr": "*fp32", "cls_ptr": "*i32"}
-        cm.update({"HW": "i32", "A": "i32", "a_start": "i32", "NC": "i32", "reg_max": "i32"})
+        cm.update({n: "i32" for n in ("HW", "A", "a_start", "NC", "reg_max", "s_b", other)})
+        const = {unit: 1, "BLOCK": BLOCK_A, "NCB": NC_CHUNK}
+        specs.append(CompileSpec(f"class_max_{ty}_{layout}", _class_max, cm, const, 4, ("HW", "A", "s_b", other)))
         gd = {"map_ptr": f"*{ty}", "index_ptr": "*i64", "boxes_ptr": "*fp32", "scores_ptr": "*fp32"}
-        gd.update({n: "i32" for n in ("K", "HW", "W", "a_start", "NC", "reg_max")})
+        gd.update({n: "i32" for n in ("K", "HW", "W", "a_start", "NC", "reg_max", "s_b", other)})
         gd.update({"stride": "fp32", "offset": "fp32"})
-        specs.append(
-            CompileSpec(f"class_max_{ty}", _class_max, cm, {"BLOCK": BLOCK_A, "NCB": NC_CHUNK}, 4, ("HW", "A"))
-        )
-        ws = ty == "fp16"  # multi-label scores in one dtype, boxes only in the other
-        const = {"RMP": 16, "NCP": 128, "WITH_SCORES": ws, "BLOCK": BLOCK_K}
-        specs.append(CompileSpec(f"gather_decode_{ty}_scores{int(ws)}", _gather_decode, gd, const))
+        ws = ty == "fp16"  # multi-label scores in one, boxes only in the other
+        const = {unit: 1, "RMP": 16, "NCP": 128, "WITH_SCORES": ws, "BLOCK": BLOCK_K}
+        specs.append(CompileSpec(f"gather_decode_{ty}_{layout}", _gather_decode, gd, const))
     return specs
 
 

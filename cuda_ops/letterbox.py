@@ -317,6 +317,7 @@ def letterbox_kernel(
     if b and out_h * out_w:
         block = program_block(BLOCK, src.device)
         grid = (cdiv(out_h * out_w, block), b)
+        params = params.to(src.device)  # the kernel reads it; a no-op when the caller keeps it there
         _kernels().letterbox[grid](src, params, out, out_h, out_w, pad_value, NP=N_PARAMS, BLOCK=block)
     return out
 

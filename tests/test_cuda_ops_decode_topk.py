@@ -72,6 +72,18 @@ def test_kernel_equals_reference(dtype, b, multi_label, reg_max, nc) -> None:
 
 
 @needs_kernel
+def test_kernel_reads_channels_last_maps_in_place() -> None:
+    """A channels-last model (the graph backend's) hands over NHWC maps: same result, no copy needed."""
+    torch.manual_seed(4)
+    maps = raw_maps(2, 7, 16, torch.float16, DEVICE)
+    nhwc = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    for ml in (False, True):
+        out = cuda_ops.decode_topk(nhwc, STRIDES, 16, 0.5, 10000, ml, impl="kernel")
+        ref = cuda_ops.decode_topk(maps, STRIDES, 16, 0.5, 10000, ml, impl="reference")
+        torch.testing.assert_close(as_rows(*out), as_rows(*ref), rtol=0, atol=2e-4)
+
+
+@needs_kernel
 def test_gather_decode_kernel_every_slot_written() -> None:
     torch.manual_seed(2)
     maps = raw_maps(2, 6, 16, device=DEVICE)
