@@ -1,4 +1,4 @@
-"""cuda_ops.decode_topk: the reference equals the head's decode + the score threshold + top-K of postprocess,
+"""cuda_ops.decode_topk: the reference equals the head's decode + the score threshold + top-K of detector.ops.nms,
 the kernels equal the reference (fp32/fp16 maps, batch 1 and > 1, odd level sizes, nothing above threshold),
 batched_nms equals non_max_suppression; opcheck of both custom ops."""
 
@@ -10,8 +10,9 @@ from cuda_ops_kit import DEVICE, needs_kernel
 
 import cuda_ops
 from cuda_ops.decode_topk import class_max_reference, gather_decode_reference
-from detector.engine.postprocess import _candidates, non_max_suppression
 from detector.nn.heads import DDetect
+from detector.ops import NMSConfig
+from detector.ops.nms import _candidates, non_max_suppression
 
 STRIDES = [8, 16, 32]
 LEVELS = [(7, 9), (4, 5), (2, 3)]  # odd sizes of a 56x72 input
@@ -30,7 +31,7 @@ def as_rows(boxes, scores, labels, valid) -> torch.Tensor:
 
 
 def head_rows(maps, nc, reg_max, conf, multi_label, classes, max_candidates) -> torch.Tensor:
-    """What the project selects today: DFLHead.decode, then postprocess._candidates."""
+    """What the project selects today: DFLHead.decode, then detector.ops.nms._candidates."""
     head = DDetect([8, 16, 32], nc, STRIDES, reg_max).eval()
     pred = head.decode([m.float().cpu() for m in maps])
     image, anchor, cls, score = _candidates(pred[:, 4:].transpose(1, 2), conf, multi_label, classes, max_candidates)
@@ -109,7 +110,7 @@ def test_batched_nms_equals_non_max_suppression(multi_label) -> None:
     nc, reg_max = 4, 16
     maps = raw_maps(2, nc, reg_max, scale=2.0)
     pred = DDetect([8, 16, 32], nc, STRIDES, reg_max).eval().decode(maps)
-    want = non_max_suppression(pred, 0.5, 0.6, 50, multi_label)
+    want = non_max_suppression(pred, NMSConfig(conf=0.5, iou=0.6, max_det=50, multi_label=multi_label))
     got = cuda_ops.batched_nms(*cuda_ops.decode_topk(maps, STRIDES, reg_max, 0.5, multi_label=multi_label), 0.6, 50)
     for g, w in zip(got, want):
         assert len(g) == len(w) > 0

@@ -1,5 +1,6 @@
-"""cuda_ops.letterbox_frames: geometry equal to the project's letterbox, pixels equal to cv2's (within one uint8
-level) on real BCCD crops of odd sizes, kernel equal to reference, boxes restored exactly; opcheck."""
+"""cuda_ops.letterbox_frames: geometry equal to the project's letterbox (``PreprocessSpec.plan``), pixels equal
+to cv2's (within one uint8 level) on real BCCD crops of odd sizes, kernel equal to reference, boxes restored
+exactly, caller-given geometry (a plan for a smaller canvas); opcheck."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from cuda_ops_kit import CROPS, DEVICE, bccd_crop, needs_kernel
 
 import cuda_ops
 from cuda_ops.letterbox import letterbox_geometry, letterbox_kernel, letterbox_params, letterbox_reference, pack_frames
+from deploy.contract import PreprocessSpec
 from deploy.preprocess import letterbox as deploy_letterbox
-from detector.data.letterbox import letterbox
-from detector.engine.postprocess import scale_boxes
+from detector.ops.boxes import scale_boxes
 
 SIZES = [(64, 80), (96, 96)]
+
+
+def letterbox(img: np.ndarray, size: tuple[int, int], scaleup: bool = True) -> tuple[np.ndarray, float, tuple]:
+    """The project's letterbox into exactly ``size``: ``(boxed, ratio, (left, top))``."""
+    boxed, plan = deploy_letterbox(img, PreprocessSpec(size, auto=False, scaleup=scaleup))
+    return boxed, plan.ratio, plan.pad
 
 
 def cv2_batch(frames: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, list]:
@@ -36,10 +43,10 @@ def test_geometry_equals_project_letterbox() -> None:
     ):
         r, rh, rw, top, left = letterbox_geometry(h, w, size, scaleup)
         img = np.zeros((h, w, 3), np.uint8)
-        for fn in (letterbox, deploy_letterbox):
-            boxed, r_ref, (left_ref, top_ref) = fn(img, size, scaleup=scaleup)
-            assert (r, left, top) == (r_ref, left_ref, top_ref) and boxed.shape[:2] == size
-            assert (size[0] - rh - top, size[1] - rw - left) == (size[0] - rh - top_ref, size[1] - rw - left_ref)
+        boxed, r_ref, (left_ref, top_ref) = letterbox(img, size, scaleup=scaleup)
+        assert (r, left, top) == (r_ref, left_ref, top_ref) and boxed.shape[:2] == size
+        plan = PreprocessSpec(size, auto=False, scaleup=scaleup).plan(h, w)
+        assert (rh, rw) == plan.resized
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -108,6 +115,29 @@ def test_boxes_restore_exactly_on_bccd() -> None:
         boxed = torch.from_numpy(boxes).double() * r + torch.tensor([pw, ph, pw, ph], dtype=torch.float64)
         back = scale_boxes(boxed, (r_ref, pad_ref), frame.shape[:2])
         torch.testing.assert_close(back, torch.from_numpy(boxes).double(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("kernel", marks=needs_kernel)])
+def test_given_geometry_follows_the_plan_of_a_batch_canvas(impl) -> None:
+    """``geometry=``: frames of mixed sizes placed as ``PreprocessSpec.plan`` says for their common minimal
+    canvas (ratio from the spec's size, centred in the canvas), pixel for pixel what ``deploy.preprocess`` makes."""
+    from deploy.preprocess import letterbox_batch
+
+    frames = [bccd_crop(*c)[0] for c in (CROPS[0], CROPS[2])]  # 37 x 53 (enlarged) and 128 x 160, both wide
+    spec = PreprocessSpec(160, 32)  # minimal padding: a 128 x 160 canvas
+    canvas = spec.batch_canvas([f.shape[:2] for f in frames])
+    plans = [spec.plan(*f.shape[:2], canvas) for f in frames]
+    assert canvas != spec.size
+    geometry = [(p.ratio, *p.resized, p.pad[1], p.pad[0]) for p in plans]
+    got, meta = cuda_ops.letterbox_frames(frames, canvas, torch.float32, impl=impl, geometry=geometry)
+    want = torch.from_numpy(letterbox_batch(frames, spec)[0]).float() / 255
+    assert got.shape == want.shape and ((got.cpu() - want).abs() * 255).max() <= 1.0 + 1e-3
+    want_meta = torch.tensor([[p.ratio, *p.pad, p.ratio] for p in plans], dtype=torch.float32)
+    torch.testing.assert_close(meta.cpu(), want_meta, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="leaves the"):
+        cuda_ops.letterbox_frames(frames[:1], (8, 8), geometry=geometry[:1], impl=impl)
+    with pytest.raises(ValueError, match="geometries for"):
+        cuda_ops.letterbox_frames(frames, canvas, geometry=geometry[:1], impl=impl)
 
 
 def test_bad_frames_name_the_frame() -> None:
