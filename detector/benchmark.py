@@ -37,16 +37,16 @@ class BackendUnavailable(Exception):
 class BenchmarkArgs:
     """``detector benchmark`` keys."""
 
-    model: str = ""
-    backends: list[str] = field(default_factory=lambda: list(ALL_BACKENDS))
-    batch: list[int] = field(default_factory=lambda: [1, 8, 32])
-    imgsz: int = 640
-    half: bool = False
-    device: str = "cpu"
-    runs: int = 20
-    warmup: int = 5
-    threads: int | None = None
-    out: str | None = None
+    model: str = ""  # .pt checkpoint, zoo name or model YAML
+    backends: list[str] = field(default_factory=lambda: list(ALL_BACKENDS))  # torch, torch-fused, onnx, engine
+    batch: list[int] = field(default_factory=lambda: [1, 8, 32])  # batch sizes to time
+    imgsz: int = 640  # square input size
+    half: bool = False  # fp16 (CUDA)
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    runs: int = 20  # timed forwards per (backend, batch); the median is reported
+    warmup: int = 5  # untimed forwards first
+    threads: int | None = None  # CPU threads of torch and ONNX Runtime (default: their own)
+    out: str | None = None  # CSV path (default runs/benchmark/NAME-IMGSZ-DEVICE-TIME.csv)
 
 
 @dataclass
@@ -232,21 +232,15 @@ def load_train_form(source: str) -> DetectionModel:
     return build_model(source).eval()
 
 
-def _as_yaml_list(item: str, keys: tuple[str, ...]) -> str:
-    """``batch=1,8,32`` -> ``batch=[1,8,32]`` so the typed loader reads numbers, not one string."""
-    key, _, value = item.partition("=")
-    if key in keys and "," in value and not value.lstrip().startswith("["):
-        return f"{key}=[{value}]"
-    return item
-
-
 def cli_benchmark(argv: list[str]) -> int:
     """``detector benchmark model=... [backends=torch,torch-fused,onnx,engine] [batch=1,8,32] [imgsz=640]
     [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [threads=N] [out=CSV]``; ``threads`` sets the CPU
     threads of torch and ONNX Runtime alike (default: their own)."""
-    from detector.config import load
+    from detector.cli_args import mode_args
 
-    args = load(BenchmarkArgs, overrides=[_as_yaml_list(a, ("backends", "batch")) for a in argv])
+    args = mode_args("benchmark", argv)
+    if args is None:
+        return 0
     _check(args)
     model = load_train_form(args.model)
     model_name = str(model.yaml.get("name", Path(args.model).stem))

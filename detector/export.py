@@ -258,28 +258,30 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
 class ExportArgs:
     """``detector export`` keys (see ``export`` for their meaning)."""
 
-    model: str = ""
-    format: Literal["onnx", "engine"] = "onnx"
-    imgsz: int | list[int] = 640
-    batch: int = 1
-    dynamic: bool = False
-    dynamic_hw: bool = False
-    half: bool = False
-    simplify: bool = True
-    nms: Literal["none", "onnx", "trt"] = "none"
-    opset: int | None = None
-    workspace: float | None = 4.0
-    conf: float = 0.25
-    iou: float = 0.7
-    max_det: int = 300
-    out: str | None = None
+    model: str = ""  # .pt checkpoint, zoo name or model YAML (fresh weights)
+    format: Literal["onnx", "engine"] = "onnx"  # engine = TensorRT (needs a GPU and tensorrt)
+    imgsz: int | list[int] = 640  # N or [H, W], multiples of the model stride
+    batch: int = 1  # static batch, or the largest batch of a dynamic engine
+    dynamic: bool = False  # variable batch
+    dynamic_hw: bool = False  # variable height/width too
+    half: bool = False  # fp16 weights and compute (float32 input/output)
+    simplify: bool = True  # onnxslim the graph
+    nms: Literal["none", "onnx", "trt"] = "none"  # NMS inside the graph: ONNX op or TensorRT plugin
+    opset: int | None = None  # ONNX opset (default 17)
+    workspace: float | None = 4.0  # TensorRT builder memory pool, GiB
+    conf: float = 0.25  # in-graph NMS score threshold
+    iou: float = 0.7  # in-graph NMS IoU threshold
+    max_det: int = 300  # in-graph NMS boxes per image
+    out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
 
 
 def cli_export(argv: list[str]) -> int:
     """``detector export model=CKPT_OR_NAME format=onnx|engine [imgsz=640] [batch=1] [dynamic=True] ...``."""
-    from detector.config import load
+    from detector.cli_args import mode_args
 
-    args = load(ExportArgs, overrides=argv)
+    args = mode_args("export", argv)
+    if args is None:
+        return 0
     if not args.model:
         raise ConfigError("detector export: name a model, e.g. `detector export model=runs/train/exp/best.pt`")
     imgsz = args.imgsz if isinstance(args.imgsz, int) else tuple(args.imgsz)

@@ -83,18 +83,18 @@ class ValRunConfig:
     """``detector val model=CKPT data=DATA ...``; unset values come from the checkpoint's training config."""
 
     model: str = ""  # checkpoint path
-    data: str | None = None
-    split: str = "val"
-    imgsz: int | None = None
+    data: str | None = None  # default: the data the checkpoint was trained on
+    split: str = "val"  # val, test or train
+    imgsz: int | None = None  # default: the training imgsz
     batch: int = 16
-    device: str = ""
+    device: str = ""  # "" = cuda:0 if available else cpu
     workers: int = 4
-    conf: float = 0.001
-    iou: float = 0.7
+    conf: float = 0.001  # score threshold (low, as mAP wants)
+    iou: float = 0.7  # NMS IoU threshold
     max_det: int = 300
-    multi_label: bool = True
-    save_json: bool = False
-    plots: bool = True
+    multi_label: bool = True  # a box may count once per class above conf
+    save_json: bool = False  # predictions.json (COCO results) and metrics.json
+    plots: bool = True  # PR curve, confusion matrix, labelled batches
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False

@@ -22,13 +22,13 @@ from torch import Tensor, nn
 import detector.losses  # noqa: F401  (registers every loss in LOSSES)
 from detector import __version__
 from detector.checkpoint import load_checkpoint
-from detector.config import ConfigError, build, load, parse_overrides, save_yaml, to_dict
+from detector.config import ConfigError, build, load, save_yaml, to_dict
 from detector.engine import callbacks as cb
 from detector.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
 from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.optim import LRSchedule, build_optimizer, resolve_optimizer
 from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
-from detector.engine.settings import TrainConfig, keys_help
+from detector.engine.settings import TrainConfig
 from detector.errors import DetectorError
 from detector.model import DetectionModel, build_model, load_model_dict
 from detector.registry import LOSSES
@@ -525,15 +525,15 @@ def setup_logging(info: DistInfo, run_dir: Path, log_name: str = "train.log") ->
 def parse_train_args(argv: list[str]) -> TrainConfig:
     """``[RECIPE.yaml] key=value ...`` -> ``TrainConfig``. With ``resume`` set, only device/workers/project may
     be given too: a resumed run keeps its saved config."""
-    files = [a for a in argv if "=" not in a]
-    pairs = [a for a in argv if "=" in a]
+    from detector.cli_args import split_argv
+
+    files, overrides = split_argv(argv, TrainConfig)
     if len(files) > 1:
         raise ConfigError(f"command line: expected at most one recipe YAML, got {files}")
     if files:
         from detector.zoo import CONFIGS_DIR, find_yaml
 
         files = [str(find_yaml(files[0], CONFIGS_DIR, "recipe"))]
-    overrides = parse_overrides(pairs)
     if overrides.get("resume"):
         extra = sorted(set(overrides) - set(RESUME_KEEPS)) + (files or [])
         if extra:
@@ -551,8 +551,12 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
 
 def cli_train(argv: list[str]) -> int:
     """``detector train [RECIPE.yaml] key=value ...`` (also under ``torchrun``)."""
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(keys_help(TrainConfig(), "detector train [RECIPE.yaml | recipe-name] key=value ..."))
+    from detector.cli_args import mode_help, wants_help
+
+    if wants_help(argv):
+        from detector.cli import MODES
+
+        print(mode_help(MODES["train"]))
         return 0
     cfg = parse_train_args(argv)
     Trainer(cfg).train()

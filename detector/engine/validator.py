@@ -265,11 +265,9 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
 
 def cli_val(argv: list[str]) -> int:
     """``detector val model=CKPT [data=DATA] [split=val] [save_json=True] [imgsz=] [batch=] [conf=] [iou=]``."""
-    from detector.config import load
-    from detector.engine.settings import keys_help
+    from detector.cli_args import mode_args
 
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(keys_help(ValRunConfig(), "detector val model=CKPT [data=DATA] key=value ..."))
-        return 0
-    validate_checkpoint(load(ValRunConfig, [], argv))
+    cfg = mode_args("val", argv)
+    if cfg is not None:
+        validate_checkpoint(cfg)
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from detector.config import ConfigError, load
+from detector.config import ConfigError
 from detector.predict.detector import Detector
 from detector.predict.results import Results
 from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_count
@@ -19,17 +19,17 @@ from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_c
 class PredictConfig:
     """Command-line settings of ``detector predict`` (every key is ``key=value``)."""
 
-    model: str = ""
-    source: str = ""
-    conf: float = 0.25
-    iou: float = 0.7
-    imgsz: int = 640
-    max_det: int = 300
-    classes: list[int] | None = None
-    agnostic: bool = False
-    batch: int = 1
-    device: str | None = None
-    half: bool = False
+    model: str = ""  # .pt checkpoint, .onnx / .engine export, zoo name or model YAML
+    source: str = ""  # file, folder, glob, video, image URL, rtsp/http stream, or a webcam index (0)
+    conf: float = 0.25  # score threshold
+    iou: float = 0.7  # NMS IoU threshold
+    imgsz: int = 640  # letterbox size
+    max_det: int = 300  # boxes per image
+    classes: list[int] | None = None  # keep only these class ids
+    agnostic: bool = False  # NMS across classes
+    batch: int = 1  # images per forward
+    device: str | None = None  # cpu, 0, cuda:1 (default: GPU when there is one)
+    half: bool = False  # fp16 on CUDA
     save: bool = True  # annotated images / videos
     save_txt: bool = False  # YOLO txt labels (with confidence) per image
     save_json: bool = False  # predictions.json with every image's detections
@@ -90,9 +90,12 @@ class _Writer:
 
 def cli_predict(argv: list[str]) -> int:
     """Run ``detector predict``; returns the exit status."""
+    from detector.cli_args import mode_args
     from detector.engine.runs import increment_run_dir
 
-    cfg = load(PredictConfig, [], argv)
+    cfg = mode_args("predict", argv)
+    if cfg is None:
+        return 0
     if not cfg.model or not cfg.source:
         raise ConfigError("detector predict: give model=CKPT_OR_NAME and source=PATH (file, directory, glob or video)")
     det = Detector(cfg.model, device=cfg.device, half=cfg.half)
