@@ -45,7 +45,7 @@ def det(ckpt) -> Detector:
 
 def _rows(r: Results) -> np.ndarray:
     """Detections as rows sorted by class then rounded box, so near-tied scores cannot reorder them."""
-    rows = np.concatenate((r.cls[:, None], r.boxes.round(1), r.scores[:, None]), 1)
+    rows = np.concatenate((r.cls[:, None], r.xyxy.round(1), r.scores[:, None]), 1)
     return rows[np.lexsort(rows[:, 4::-1].T)]
 
 

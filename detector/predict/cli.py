@@ -64,9 +64,7 @@ class _Writer:
             else:
                 self._video(r, stem).write(r.plot())
         if self.cfg.save_txt:
-            label = self.dir / "labels" / (f"{stem}.txt" if r.frame is None else f"{stem}_{r.frame}.txt")
-            label.parent.mkdir(parents=True, exist_ok=True)
-            label.write_text("".join(line + "\n" for line in r.to_txt(with_conf=True)))
+            r.save_txt(self.dir / "labels" / (f"{stem}.txt" if r.frame is None else f"{stem}_{r.frame}.txt"), True)
         if self.cfg.save_json:
             self.records.append(r.to_dict())
 
