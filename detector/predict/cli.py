@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import cv2
 from tqdm import tqdm
@@ -48,6 +49,12 @@ def _expected_frames(source: str) -> int | None:
     return sum(video_frame_count(p) if p.suffix.lower() in VIDEO_SUFFIXES else 1 for p in paths)
 
 
+def _safe_stem(path: str) -> str:
+    """A file stem for a source: the file's stem, the last part of a URL path, or ``webcam0``."""
+    stem = Path(urlparse(path).path).stem if "://" in path else Path(path).stem
+    return "".join(ch for ch in stem if ch.isalnum() or ch in "-_.") or "stream"
+
+
 class _Writer:
     """Writes what ``predict`` was asked to save into one run directory."""
 
@@ -57,7 +64,7 @@ class _Writer:
         self.records: list[dict] = []
 
     def add(self, r: Results) -> None:
-        stem = Path(r.path).stem if r.path else f"image{len(self.records)}"
+        stem = _safe_stem(r.path) if r.path else f"image{len(self.records)}"
         if self.cfg.save:
             if r.frame is None:
                 r.save(self.dir / f"{stem}.jpg")
@@ -70,9 +77,11 @@ class _Writer:
 
     def _video(self, r: Results, stem: str) -> cv2.VideoWriter:
         if r.path not in self.videos:
-            cap = cv2.VideoCapture(r.path)
-            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-            cap.release()
+            fps = 25.0  # streams and webcams: not re-opened just to ask
+            if Path(r.path).is_file():
+                cap = cv2.VideoCapture(r.path)
+                fps = cap.get(cv2.CAP_PROP_FPS) or fps
+                cap.release()
             h, w = r.orig_shape
             self.videos[r.path] = cv2.VideoWriter(
                 str(self.dir / f"{stem}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h)
