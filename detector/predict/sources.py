@@ -20,7 +20,15 @@ import numpy as np
 from detector.data.image_io import ImageReadError
 from detector.data.image_io import read_image as read_rgb
 from detector.errors import DetectorError
-from detector.predict.streams import capture_label, fetch_image, is_image_url, is_url, is_webcam, iter_capture
+from detector.predict.streams import (
+    capture_label,
+    fetch_image,
+    is_image_url,
+    is_url,
+    is_webcam,
+    iter_capture,
+    read_frames,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".wmv", ".webm", ".asf", ".gif", ".ts"}
@@ -72,18 +80,8 @@ def iter_video(path: Path) -> Iterator[Frame]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DetectorError(f"{path}: cannot open video (missing codec or not a video)")
-    try:
-        i = 0
-        while True:
-            ok, img = cap.read()
-            if not ok:
-                break
-            yield Frame(img, str(path), i)
-            i += 1
-        if i == 0:
-            raise DetectorError(f"{path}: video has no readable frames")
-    finally:
-        cap.release()
+    for img, i in read_frames(cap, str(path)):
+        yield Frame(img, str(path), i)
 
 
 def video_frame_count(path: str | Path) -> int:

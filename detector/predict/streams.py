@@ -91,9 +91,11 @@ def capture_label(source: int | str) -> str:
     return f"webcam {int(source)}" if is_webcam(source) else str(source)
 
 
-def iter_capture(source: int | str, timeout_s: float | None = None) -> Iterator[tuple[np.ndarray, int]]:
-    """``(BGR frame, index)`` from a webcam or stream until it ends (or a read fails after the first frame)."""
-    cap = open_capture(source, timeout_s)
+def read_frames(cap: cv2.VideoCapture, label: str) -> Iterator[tuple[np.ndarray, int]]:
+    """``(BGR frame, index)`` from an opened capture until it ends (or a read fails); releases it at the end.
+
+    A capture that gives no frame at all raises ``DetectorError`` naming ``label``.
+    """
     try:
         i = 0
         while True:
@@ -103,6 +105,11 @@ def iter_capture(source: int | str, timeout_s: float | None = None) -> Iterator[
             yield img, i
             i += 1
         if i == 0:
-            raise DetectorError(f"{capture_label(source)}: opened, but no frame arrived")
+            raise DetectorError(f"{label}: opened, but no readable frame came")
     finally:
         cap.release()
+
+
+def iter_capture(source: int | str, timeout_s: float | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """``(BGR frame, index)`` from a webcam or stream until it ends (or a read fails after the first frame)."""
+    yield from read_frames(open_capture(source, timeout_s), capture_label(source))
