@@ -241,6 +241,12 @@ def cli_benchmark(argv: list[str]) -> int:
     args = mode_args("benchmark", argv)
     if args is None:
         return 0
+    run_benchmark(args)
+    return 0
+
+
+def run_benchmark(args: BenchmarkArgs, verbose: bool = True) -> list[Row]:
+    """What ``detector benchmark`` does: check, time, write the CSV (``args.out`` or runs/benchmark/...), print."""
     _check(args)
     model = load_train_form(args.model)
     model_name = str(model.yaml.get("name", Path(args.model).stem))
@@ -250,9 +256,10 @@ def cli_benchmark(argv: list[str]) -> int:
         Path(args.out) if args.out else Path("runs/benchmark") / f"{model_name}-{args.imgsz}-{args.device}-{stamp}.csv"
     )
     write_csv(rows, out, args, model_name)
-    precision = "fp16" if args.half else "fp32"
-    threads = f", {args.threads} threads" if args.threads else ""
-    print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
-    print(format_table(rows))
-    print(f"\nsaved {out}")
-    return 0
+    if verbose:
+        precision = "fp16" if args.half else "fp32"
+        threads = f", {args.threads} threads" if args.threads else ""
+        print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
+        print(format_table(rows))
+        print(f"\nsaved {out}")
+    return rows

@@ -167,6 +167,25 @@ def model_summary(model: DetectionModel, imgsz: int = 640) -> dict:
     }
 
 
+def format_info(model: DetectionModel, imgsz: int = 640, summary: dict | None = None) -> str:
+    """The layer table and the one-line summary ``detector info`` prints."""
+    summary = summary or model_summary(model, imgsz)
+    rows = layer_table(model, imgsz)
+    wf = max([4] + [len(r.sources) for r in rows])
+    wb = max([5] + [len(r.block) for r in rows])
+    lines = [f"{'#':>3} {'section':<9} {'block':<{wb}} {'from':<{wf}} {'tag':<6} {'params':>11}  output"]
+    for r in rows:
+        lines.append(
+            f"{r.index:>3} {r.section:<9} {r.block:<{wb}} {r.sources:<{wf}} {r.tag:<6} {r.params:>11,}  {r.shape}"
+        )
+    lines.append(
+        f"\n{summary['name']} @ {imgsz}: train form {summary['params'] / 1e6:.3f}M params, "
+        f"{summary['gflops']:.1f} GFLOPs | deploy form {summary['deploy_params'] / 1e6:.3f}M params, "
+        f"{summary['deploy_gflops']:.1f} GFLOPs"
+    )
+    return "\n".join(lines)
+
+
 @dataclass
 class InfoArgs:
     """``detector info`` keys."""
@@ -196,15 +215,5 @@ def cli_info(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    rows = layer_table(model, imgsz)
-    wf = max([4] + [len(r.sources) for r in rows])
-    wb = max([5] + [len(r.block) for r in rows])
-    print(f"{'#':>3} {'section':<9} {'block':<{wb}} {'from':<{wf}} {'tag':<6} {'params':>11}  output")
-    for r in rows:
-        print(f"{r.index:>3} {r.section:<9} {r.block:<{wb}} {r.sources:<{wf}} {r.tag:<6} {r.params:>11,}  {r.shape}")
-    print(
-        f"\n{summary['name']} @ {imgsz}: train form {summary['params'] / 1e6:.3f}M params, "
-        f"{summary['gflops']:.1f} GFLOPs | deploy form {summary['deploy_params'] / 1e6:.3f}M params, "
-        f"{summary['deploy_gflops']:.1f} GFLOPs"
-    )
+    print(format_info(model, imgsz, summary))
     return 0
