@@ -179,22 +179,24 @@ class EarlyStopping(Callback):
             LOGGER.info(trainer.finish_reason)
 
 
+def epoch_row(trainer: Trainer) -> dict:
+    """The numbers of the epoch just finished, as ``results.csv`` and every experiment logger record them."""
+    row = {"epoch": trainer.epoch + 1}
+    row.update({f"train/{k}": v for k, v in trainer.epoch_losses().items()})
+    row.update(trainer.metrics)
+    row["lr"] = trainer.optimizer.param_groups[1]["lr"]
+    return row
+
+
 class ResultsLogger(Callback):
-    """``results.csv`` (one row per epoch), TensorBoard scalars when installed, ``results.png`` and the
-    labelled grids of the first training batches."""
+    """``results.csv`` (one row per epoch), ``results.png`` and the labelled grids of the first training batches
+    (TensorBoard and MLflow: ``detector.engine.loggers``, ``loggers=tensorboard,mlflow``)."""
 
     plot_every_s = 60.0  # results.png is redrawn at most this often (matplotlib costs ~1 s) and at the end
 
     def before_train(self, trainer: Trainer) -> None:
         self.csv = trainer.run_dir / "results.csv"
         self.last_plot = time.monotonic()
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(trainer.run_dir))
-        except ImportError:  # tensorboard is optional
-            pass
         if trainer.resume_ckpt is not None and self.csv.is_file():
             drop_rows_after(self.csv, trainer.start_epoch)  # rows of an epoch that was cut off before its checkpoint
 
@@ -209,23 +211,13 @@ class ResultsLogger(Callback):
             )  # fmt: skip
 
     def after_epoch(self, trainer: Trainer) -> None:
-        row = {"epoch": trainer.epoch + 1}
-        row.update({f"train/{k}": v for k, v in trainer.epoch_losses().items()})
-        row.update(trainer.metrics)
-        row["lr"] = trainer.optimizer.param_groups[1]["lr"]
-        write_csv_row(self.csv, row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    self.tb.add_scalar(k, v, trainer.epoch + 1)
+        write_csv_row(self.csv, epoch_row(trainer))
         if trainer.cfg.plots and time.monotonic() - self.last_plot > self.plot_every_s:
             self.plot()
 
     def after_train(self, trainer: Trainer) -> None:
         if trainer.cfg.plots and self.csv.is_file():
             self.plot()
-        if self.tb is not None:
-            self.tb.close()
 
     def plot(self) -> None:
         from detector.engine.plots import plot_results

@@ -71,6 +71,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm under DDP
     save_period: int = 0  # also keep weights/epochN.pt every N epochs (0 = off)
     plots: bool = True
+    loggers: list[str] = field(default_factory=list)  # tensorboard, mlflow (pip install 'detector[log]')
+    verbose: bool = True  # progress bars (training, validation, label scanning, caching)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # includes close_mosaic (last N epochs)
     # loss settings handed to every head's loss builder, which validates them (tal: box, cls, dfl, topk, ...)

@@ -195,6 +195,7 @@ class Trainer:
     def default_callbacks(self) -> list[cb.Callback]:
         if not self.dist.is_main:
             return []
+        from detector.engine.loggers import build_loggers
         from detector.engine.validator import Validator
 
         validator = Validator(
@@ -208,6 +209,7 @@ class Trainer:
             cb.EarlyStopping(),
             cb.ResultsLogger(),
             cb.Checkpointer(),
+            *build_loggers(self.cfg.loggers),  # last: they log the finished checkpoint
         ]
 
     # -- the loop --------------------------------------------------------------------------------------------
