@@ -160,6 +160,7 @@ def export(
     max_det: int = 300,
     out: str | Path | None = None,
     dynamic_hw: bool = False,
+    verbose: bool = True,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -170,7 +171,19 @@ def export(
     thresholds ``conf``/``iou`` and ``max_det`` boxes per image. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    ``verbose``: a progress bar over the stages (trace, simplify, NMS, check and save, engine build).
     """
+    from detector.progress import quiet, stages
+
+    steps = ["trace", *(["simplify"] * simplify), *(["nms"] * (nms != "none")), "check and save"]
+    steps += ["tensorrt engine"] * (format == "engine")
+    with quiet(not verbose), stages("export", steps) as stage:
+        return _export(model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf,
+                       iou, max_det, out, dynamic_hw, stage)  # fmt: skip
+
+
+def _export(model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf, iou, max_det,
+            out, dynamic_hw, stage) -> Path:  # fmt: skip
     import onnx
 
     from deploy.metadata import ModelMetadata
@@ -190,6 +203,7 @@ def export(
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = target if format == "onnx" else target.with_suffix(".onnx")
 
+    stage("trace")
     try:
         proto = torch_to_onnx(graph, sample, opset, dynamic, dynamic_hw)
     except Exception as e:  # noqa: BLE001 - report which model and opset failed, not a 40-frame trace
@@ -197,9 +211,12 @@ def export(
             f"export: torch.onnx could not export {model.yaml.get('name')} at opset {opset}: {e}"
         ) from e
     if simplify:
+        stage("simplify")
         proto = simplify_onnx(proto)
     if nms != "none":
+        stage("nms")
         add_nms(proto, nms, conf, iou, max_det, opset)
+    stage("check and save")
     meta = ModelMetadata(
         names={int(i): str(n) for i, n in model.names.items()},
         strides=[float(s) for s in model.strides],
@@ -229,6 +246,7 @@ def export(
     LOG.info("wrote %s", onnx_path)
     if format == "onnx":
         return onnx_path
+    stage("tensorrt engine")
     return _build_engine(onnx_path, target, meta, half, workspace)
 
 
@@ -273,6 +291,7 @@ class ExportArgs:
     iou: float = 0.7  # in-graph NMS IoU threshold
     max_det: int = 300  # in-graph NMS boxes per image
     out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
+    verbose: bool = True  # progress bar over the export stages
 
 
 def cli_export(argv: list[str]) -> int:
@@ -304,6 +323,7 @@ def cli_export(argv: list[str]) -> int:
         max_det=args.max_det,
         out=args.out,
         dynamic_hw=args.dynamic_hw,
+        verbose=args.verbose,
     )
     print(f"exported {path}")
     return 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from detector import progress
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.engine.ema import ModelEMA
 
@@ -76,7 +77,12 @@ class ProgressBar(Callback):
         from tqdm import tqdm
 
         LOGGER.info("\n" + self.header)
-        self.pbar = tqdm(total=trainer.batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}", leave=True)
+        self.pbar = tqdm(
+            total=trainer.batches_per_epoch,
+            bar_format="{l_bar}{bar:10}{r_bar}",
+            leave=True,
+            disable=not progress.enabled(),
+        )
         self.last = 0.0
         self.done = 0
 

@@ -100,6 +100,7 @@ class ValRunConfig:
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False
+    verbose: bool = True  # progress bars
 
 
 def keys_help(cfg, usage: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import detector.losses  # noqa: F401  (registers every loss in LOSSES)
-from detector import __version__
+from detector import __version__, progress
 from detector.checkpoint import load_checkpoint
 from detector.config import ConfigError, build, load, save_yaml, to_dict
 from detector.engine import callbacks as cb
@@ -85,6 +85,7 @@ class Trainer:
         init_seeds(cfg.seed, cfg.deterministic)
         self.run_dir = self.make_run_dir()
         setup_logging(self.dist, self.run_dir)
+        progress.set_verbose(cfg.verbose and self.dist.is_main)  # restored when train() ends
         if self.dist.is_main:
             save_yaml(cfg, self.run_dir / "args.yaml")
         self.imgsz = cfg.imgsz
@@ -215,7 +216,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------------
     def train(self):
         """Run every epoch; returns the ``ValResult`` of ``best.pt`` on rank 0 (None elsewhere)."""
-        t0 = time.monotonic()
+        t0, verbose_before = time.monotonic(), progress.enabled()
         try:
             self.setup()
             self.emit("before_train")
@@ -236,6 +237,7 @@ class Trainer:
             barrier(self.dist)
         finally:
             shutdown_distributed()
+            progress.set_verbose(verbose_before)
         return self.final_result
 
     def emit(self, event: str) -> None:

@@ -21,6 +21,7 @@ from detector.engine.postprocess import non_max_suppression, scale_boxes
 from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
 from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
+from detector.progress import bar, quiet
 
 LOGGER = logging.getLogger("detector")
 TABLE_COLUMNS = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -121,7 +122,8 @@ class Validator:
         n_batches = n_images = 0
         times = np.zeros(3)
         non_blocking = self.device.type == "cuda"
-        for bi, batch in enumerate(self.loader):
+        batches = bar(self.loader, f"validating {self.cfg.split}", total=len(self.loader), unit="batch", leave=False)
+        for bi, batch in enumerate(batches):
             t0 = time.perf_counter()
             images = batch["img"].to(self.device, non_blocking=non_blocking).float().div_(255)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -217,7 +219,12 @@ def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> lis
 # -- detector val --------------------------------------------------------------------------------------------
 def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     """Evaluate checkpoint ``cfg.model`` on ``cfg.data`` (default: the data it was trained on); outputs go to
-    ``runs/val/NAME``."""
+    ``runs/val/NAME``; ``verbose=False`` hides the progress bars."""
+    with quiet(not cfg.verbose):
+        return _validate_checkpoint(cfg)
+
+
+def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
     from detector.engine.distributed import DistInfo, select_device
