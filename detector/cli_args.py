@@ -16,6 +16,7 @@ A list key given more than once (``--split train --split val``) collects every v
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import re
@@ -80,7 +81,8 @@ def _is_list(tp: Any) -> bool:
 
 
 def split_argv(argv: list[str], schema: type | None, where: str = "command line") -> tuple[list[str], dict]:
-    """``argv`` -> (bare words, nested overrides dict). Unknown keys pass through for ``config.load`` to name."""
+    """``argv`` -> (bare words, nested overrides dict). An unknown ``--key`` stops here (its value could not be
+    told from a bare word); an unknown ``key=value`` passes through for ``config.load`` to name."""
     types_ = field_types(schema) if schema is not None else {}
     words: list[str] = []
     raw: dict[str, list[str]] = {}
@@ -94,6 +96,10 @@ def split_argv(argv: list[str], schema: type | None, where: str = "command line"
                 raw.setdefault(key, []).append(value)
             elif key.startswith("no_") and _is_bool(types_.get(key[3:])):
                 raw.setdefault(key[3:], []).append("false")
+            elif schema is not None and key not in types_:
+                close = difflib.get_close_matches(key, list(types_), n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{where}: unknown key {key!r} (in --{key}){hint}")
             elif key not in types_ or _is_bool(types_[key]):
                 raw.setdefault(key, []).append("true")
             elif i + 1 < len(argv):
