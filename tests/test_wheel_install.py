@@ -54,7 +54,7 @@ TINY_WITH_COMPONENT = {
     "head": "ddetect",  # models/components/ddetect.yaml, found inside the installed package
 }
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a loaded CI machine: builds, installs, trains
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +95,13 @@ def _clean_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DETECTOR_VERBOSE": "0"}
 
 
-def _run(cmd: list[str], cwd: Path, env: dict | None = None, ok: bool = True) -> str:
+def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
     out = subprocess.run(cmd, cwd=cwd, env=env or _clean_env(), capture_output=True, text=True, timeout=600)
-    if ok:
-        assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
 
-def test_the_package_data_comes_from_the_installed_wheel(venv, work):
+def _the_package_data_comes_from_the_installed_wheel(venv: Path, work: Path) -> None:
     code = "import detector, detector.zoo as z; print(detector.__file__); print(z.MODELS_DIR); print(z.CONFIGS_DIR)"
     package, models, configs = _run([str(venv / "python"), "-c", code], work).split()
     site = Path(package).parent.parent
@@ -111,7 +110,7 @@ def test_the_package_data_comes_from_the_installed_wheel(venv, work):
     assert "usage: detector predict" in _run([str(venv / "detector"), "predict", "--help"], work)
 
 
-def test_info_names_one_model_of_every_family(venv, work):
+def _info_names_one_model_of_every_family(venv: Path, work: Path) -> None:
     from detector.info import count_params, shape_only_copy
     from detector.model import build_model
 
@@ -126,7 +125,7 @@ def test_info_names_one_model_of_every_family(venv, work):
         assert got["deploy_params"] == count_params(shape_only_copy(model).to_deploy())
 
 
-def test_data_check_by_path_and_by_packaged_name(venv, work):
+def _data_check_by_path_and_by_packaged_name(venv: Path, work: Path) -> None:
     by_path = json.loads(
         _run([str(venv / "detector"), "data", "check", "datasets/bccd", "--split", "val", "--json"], work)
     )
@@ -136,7 +135,7 @@ def test_data_check_by_path_and_by_packaged_name(venv, work):
     assert by_name["per_class"] == by_path["per_class"] and by_name["names"] == ["Platelets", "RBC", "WBC"]
 
 
-def test_train_export_predict_from_another_folder(venv, work):
+def _train_export_predict_from_another_folder(venv: Path, work: Path) -> None:
     data = bccd_subset(work / "cells", 4)
     model = work / "tiny-ddetect.yaml"
     model.write_text(yaml.safe_dump(TINY_WITH_COMPONENT, sort_keys=False))
@@ -154,7 +153,7 @@ def test_train_export_predict_from_another_folder(venv, work):
     assert record["orig_shape"] == [480, 640] and len(record["detections"]) > 0
 
 
-def test_readme_examples_run_from_another_folder(venv, work):
+def _readme_examples_run_from_another_folder(venv: Path, work: Path) -> None:
     code = example("python")
     out = subprocess.run(
         [str(venv / "python"), "-c", code], cwd=work, env=_clean_env(), capture_output=True, text=True, timeout=300
@@ -165,3 +164,12 @@ def test_readme_examples_run_from_another_folder(venv, work):
     assert argv[0] == "detector"
     _run([str(venv / "detector"), *argv[1:], f"project={work / 'readme'}", "name=cli"], work)
     assert (work / "readme" / "cli" / "predictions.json").is_file()
+
+
+def test_installed_wheel_from_another_folder(venv, work):
+    """One test, so that pytest-xdist never builds the wheel and the environment twice."""
+    _the_package_data_comes_from_the_installed_wheel(venv, work)
+    _info_names_one_model_of_every_family(venv, work)
+    _data_check_by_path_and_by_packaged_name(venv, work)
+    _train_export_predict_from_another_folder(venv, work)
+    _readme_examples_run_from_another_folder(venv, work)
