@@ -22,6 +22,7 @@ import pytest
 import yaml
 from _engine_kit import bccd_subset
 from test_readme import example
+from tiny_models import tiny_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = (
@@ -37,21 +38,12 @@ BUILD_INPUTS = (
 )
 ONE_PER_FAMILY = ("gelan-t", "damoyolo-t", "leyolo-n", "gelan-s-fpan", "vovnet19-slim-dw-cls", "lsnet-t-cls")
 """models/gelan, damo, leyolo, mixes and classify (VoVNet and LSNet): the smallest of each, to stay fast."""
+# the tests' tiny detector with its neck tagging P3-P5 and `head: ddetect`, a component file that must be found
+# inside the installed package (models/components/ddetect.yaml)
 TINY_WITH_COMPONENT = {
-    "nc": 3,
-    "backbone": [
-        {"Conv": {"out": 8, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2}},
-        {"Conv": {"out": 16, "k": 3, "s": 2, "tag": "B3"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B4"}},
-        {"Conv": {"out": 32, "k": 3, "s": 2, "tag": "B5"}},
-    ],
-    "neck": [
-        {"Identity": {"from": "B3", "tag": "P3"}},
-        {"Identity": {"from": "B4", "tag": "P4"}},
-        {"Identity": {"from": "B5", "tag": "P5"}},
-    ],
-    "head": "ddetect",  # models/components/ddetect.yaml, found inside the installed package
+    **tiny_detector(),
+    "neck": [{"Identity": {"from": f"B{i}", "tag": f"P{i}"}} for i in (3, 4, 5)],
+    "head": "ddetect",
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a loaded CI machine: builds, installs, trains
@@ -102,11 +94,21 @@ def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
 
 
 def _the_package_data_comes_from_the_installed_wheel(venv: Path, work: Path) -> None:
-    code = "import detector, detector.zoo as z; print(detector.__file__); print(z.MODELS_DIR); print(z.CONFIGS_DIR)"
-    package, models, configs = _run([str(venv / "python"), "-c", code], work).split()
+    code = (
+        "import detector, detector.zoo as z\n"
+        "print(detector.__file__, z.MODELS_DIR, z.CONFIGS_DIR)\n"
+        "print(z.find_yaml('bccd-gelan-t', z.CONFIGS_DIR, 'recipe'), z.find_yaml('ddetect'), z.find_yaml('yolov9-c'))\n"
+        "print(len(z.model_names()))"
+    )
+    package, models, configs, recipe, component, model, count = _run([str(venv / "python"), "-c", code], work).split()
     site = Path(package).parent.parent
     assert "site-packages" in package and Path(models) == site / "detector" / "models"
     assert Path(configs) == site / "detector" / "configs" and str(ROOT) not in package
+    assert Path(recipe) == Path(configs) / "bccd-gelan-t.yaml" and Path(component).parent == Path(models) / "components"
+    assert Path(model) == Path(models) / "gelan" / "yolov9-c.yaml"
+    from detector.zoo import model_names
+
+    assert int(count) == len(model_names())  # every zoo model made it into the wheel
     assert "usage: detector predict" in _run([str(venv / "detector"), "predict", "--help"], work)
 
 
