@@ -29,7 +29,8 @@ from detector.resources import data_dir
 
 FORMAT_NAMES = ("yolo", "coco", "voc")
 SPLITS = ("train", "val", "test")
-_KEYS = ("path", "train", "val", "test", "names", "nc", "format")
+_KEYS = ("path", "train", "val", "test", "names", "nc", "format", "difficult")
+DIFFICULT = ("ignore", "keep")  # VOC objects marked difficult: ignore regions (the VOC rule), or ordinary boxes
 FOREIGN_KEYS = frozenset(
     {"roboflow", "download", "channels", "kpt_shape", "flip_idx", "license", "licence", "url", "version", "yaml_file"}
     | {"author", "description", "date", "info", "categories", "augmentations", "preprocessing"}
@@ -53,6 +54,7 @@ class DatasetSpec:
         names: class names, or None where the format carries them (COCO categories, VOC object names).
         source: what the user gave (for messages).
         notes: one line per thing read leniently (ignored foreign keys, rewritten Roboflow paths).
+        difficult: VOC objects marked difficult: ``"ignore"`` (ignore regions) or ``"keep"`` (ordinary boxes).
     """
 
     root: Path
@@ -61,6 +63,7 @@ class DatasetSpec:
     names: list[str] | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    difficult: str = "ignore"
 
     def entry(self, split: str) -> Any:
         """The entry of ``split``; an absent split raises ``ConfigError`` naming the ones that exist."""
@@ -170,11 +173,16 @@ def _from_mapping(m: dict, base: Path, where: str) -> DatasetSpec:
         raise ConfigError(f"{where}: key 'format' must be one of {list(FORMAT_NAMES)}, got {fmt!r}")
     if fmt == "yolo" and names is None:
         raise ConfigError(f"{where}: YOLO data needs 'names' (the class names, in class-id order)")
+    difficult = m.get("difficult", "ignore")
+    if difficult not in DIFFICULT:
+        raise ConfigError(f"{where}: key 'difficult' must be one of {list(DIFFICULT)}, got {difficult!r}")
     for note in notes:
         if note not in _NOTED:  # once per process, though the spec is resolved by every split reader
             _NOTED.add(note)
             LOGGER.info(f"note: {note}")
-    return DatasetSpec(root=root, format=fmt, splits=splits, names=names, source=where, notes=notes)
+    return DatasetSpec(
+        root=root, format=fmt, splits=splits, names=names, source=where, notes=notes, difficult=difficult
+    )
 
 
 def _root(value: Any, base: Path, where: str) -> Path:

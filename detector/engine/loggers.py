@@ -1,8 +1,10 @@
 """Experiment loggers as trainer callbacks: TensorBoard and MLflow, chosen with ``loggers=tensorboard,mlflow``.
 
 Both are optional (``pip install 'detector[log]'``) and log exactly the per-epoch row ``results.csv`` gets
-(``callbacks.epoch_row``: train losses, P, R, mAP50, mAP50-95, val losses, lr) with the epoch as the step, so
-the CSV, the plots and the dashboards never disagree. They run on rank 0 only, like every other output.
+(``ResultsLogger.last_row``: train losses, P, R, mAP50, mAP50-95, val losses, each group's lr) with the epoch
+as the step, so the CSV, the plots and the dashboards never disagree. They take the ``ResultsLogger`` as a
+constructor argument (what they read is named) and run after it and after the checkpoints (``order`` 60), on
+rank 0 only, like every other output.
 
 * ``tensorboard``: event files in the run folder (``tensorboard --logdir runs/train``).
 * ``mlflow``: one MLflow run per training run, in experiment ``project``, named after the run folder, with the
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.config import ConfigError, to_dict
-from detector.engine.callbacks import Callback, epoch_row
+from detector.engine.callbacks import Callback, ResultsLogger
 
 if TYPE_CHECKING:
     from detector.engine.trainer import Trainer
@@ -38,7 +40,16 @@ def _flat(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-class TensorBoardLogger(Callback):
+class _EpochRowLogger(Callback):
+    """Base of the loggers: reads the epoch row of ``results``."""
+
+    order = 60
+
+    def __init__(self, results: ResultsLogger) -> None:
+        self.results = results
+
+
+class TensorBoardLogger(_EpochRowLogger):
     """Scalars of every epoch row into TensorBoard event files in the run folder."""
 
     def before_train(self, trainer: Trainer) -> None:
@@ -48,7 +59,7 @@ class TensorBoardLogger(Callback):
         LOGGER.info(f"tensorboard: tensorboard --logdir {trainer.run_dir.parent}")
 
     def after_epoch(self, trainer: Trainer) -> None:
-        for key, value in epoch_row(trainer).items():
+        for key, value in self.results.last_row.items():
             if key != "epoch":
                 self.writer.add_scalar(key, value, trainer.epoch + 1)
         self.writer.flush()
@@ -57,7 +68,7 @@ class TensorBoardLogger(Callback):
         self.writer.close()
 
 
-class MLflowLogger(Callback):
+class MLflowLogger(_EpochRowLogger):
     """Params once, metrics every epoch, artifacts at the end, into one MLflow run."""
 
     def before_train(self, trainer: Trainer) -> None:
@@ -82,7 +93,7 @@ class MLflowLogger(Callback):
     def after_epoch(self, trainer: Trainer) -> None:
         from mlflow.entities import Metric
 
-        step, row = trainer.epoch + 1, epoch_row(trainer)
+        step, row = trainer.epoch + 1, self.results.last_row
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, step) for k, v in row.items() if k != "epoch"]
         self.client.log_batch(self.run_id, metrics=metrics)
@@ -95,15 +106,16 @@ class MLflowLogger(Callback):
         self.client.set_terminated(self.run_id)
 
 
-LOGGERS: dict[str, tuple[type[Callback], str]] = {
+LOGGERS: dict[str, tuple[type[_EpochRowLogger], str]] = {
     "tensorboard": (TensorBoardLogger, "tensorboard"),
     "mlflow": (MLflowLogger, "mlflow"),
 }
 """``loggers=`` name -> (callback, the module it needs)."""
 
 
-def build_loggers(names: list[str]) -> list[Callback]:
-    """The callbacks for ``loggers=...``; an unknown name or a missing library is a ``ConfigError``."""
+def build_loggers(names: list[str], results: ResultsLogger) -> list[Callback]:
+    """The callbacks for ``loggers=...``, reading ``results``' rows; an unknown name or a missing library is a
+    ``ConfigError``."""
     import importlib.util
 
     out = []
@@ -113,5 +125,5 @@ def build_loggers(names: list[str]) -> list[Callback]:
         cls, module = LOGGERS[name]
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"loggers={name} needs the {module} package: pip install 'detector[log]'")
-        out.append(cls())
+        out.append(cls(results))
     return out
