@@ -14,7 +14,10 @@ from tqdm import tqdm
 from detector.config import ConfigError, Range
 from detector.predict.detector import Detector
 from detector.predict.results import Results
-from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_count
+from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, output_name, source_root, video_frame_count
+
+WRITABLE_IMAGES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+"""Annotated images keep their source's name when OpenCV can write that format, else get ``.jpg`` appended."""
 
 
 @dataclass
@@ -22,13 +25,16 @@ class PredictConfig:
     """Command-line settings of ``detector predict`` (every key is ``key=value``)."""
 
     model: str = ""  # .pt checkpoint, .onnx / .engine export, zoo name or model YAML
-    source: str = ""  # file, folder, glob, video, image URL, rtsp/http stream, or a webcam index (0)
-    conf: float = 0.25  # score threshold
-    iou: float = 0.7  # NMS IoU threshold
-    imgsz: int = 640  # letterbox size
-    max_det: int = 300  # boxes per image
-    classes: list[int] | None = None  # keep only these class ids
-    agnostic: bool = False  # NMS across classes
+    source: str = ""  # file, directory (recursive), glob, video, image URL, rtsp/http stream, webcam index (0)
+    # NMS and size: None = the model's defaults (NMSConfig.predict: conf 0.25, iou 0.7, max_det 300, one label
+    # per box; an exported model's own config and size)
+    conf: float | None = None
+    iou: float | None = None
+    imgsz: int | None = None
+    max_det: int | None = None
+    classes: list[int] | None = None
+    agnostic: bool | None = None
+    multi_label: bool | None = None
     batch: int = 1  # images per forward
     device: str | None = None  # cpu, 0, cuda:1 (default: GPU when there is one)
     half: bool = False  # fp16 on CUDA
@@ -59,10 +65,10 @@ def _expected_frames(source: str) -> int | None:
     return sum(video_frame_count(p) if p.suffix.lower() in VIDEO_SUFFIXES else 1 for p in paths)
 
 
-def _safe_stem(path: str) -> str:
-    """A file stem for a source: the file's stem, the last part of a URL path, or ``webcam0``."""
-    stem = Path(urlparse(path).path).stem if "://" in path else Path(path).stem
-    return "".join(ch for ch in stem if ch.isalnum() or ch in "-_.") or "stream"
+def _remote_name(path: str) -> Path:
+    """The output name of a URL (the last part of its path) or a webcam (``webcam0``)."""
+    name = Path(urlparse(path).path).name if "://" in path else path
+    return Path("".join(ch for ch in name if ch.isalnum() or ch in "-_.") or "stream")
 
 
 class _Writer:
@@ -70,22 +76,32 @@ class _Writer:
 
     def __init__(self, cfg: PredictConfig, out_dir: Path) -> None:
         self.cfg, self.dir = cfg, out_dir
+        self.root = source_root(cfg.source)
         self.videos: dict[str, cv2.VideoWriter] = {}
         self.records: list[dict] = []
+        self.count = 0
 
     def add(self, r: Results) -> None:
-        stem = _safe_stem(r.path) if r.path else f"image{len(self.records)}"
+        # the source's sub-path, so a/x.jpg and b/x.jpg do not overwrite each other; URLs and webcams by name
+        if not r.path:
+            rel = Path(f"image{self.count}.jpg")
+        elif "://" in r.path or r.path.startswith("webcam "):
+            rel = _remote_name(r.path)
+        else:
+            rel = output_name(r.path, self.root)
+        self.count += 1
         if self.cfg.save:
             if r.frame is None:
-                r.save(self.dir / f"{stem}.jpg")
+                r.save(self.dir / (rel if rel.suffix.lower() in WRITABLE_IMAGES else rel.with_name(rel.name + ".jpg")))
             else:
-                self._video(r, stem).write(r.plot())
+                self._video(r, rel).write(r.plot())
         if self.cfg.save_txt:
-            r.save_txt(self.dir / "labels" / (f"{stem}.txt" if r.frame is None else f"{stem}_{r.frame}.txt"), True)
+            stem = rel.with_suffix("") if r.frame is None else rel.with_name(f"{rel.stem}_{r.frame}")
+            r.save_txt(self.dir / "labels" / stem.with_name(stem.name + ".txt"), save_conf=True)
         if self.cfg.save_json:
             self.records.append(r.to_dict())
 
-    def _video(self, r: Results, stem: str) -> cv2.VideoWriter:
+    def _video(self, r: Results, rel: Path) -> cv2.VideoWriter:
         if r.path not in self.videos:
             fps = 25.0  # streams and webcams: not re-opened just to ask
             if Path(r.path).is_file():
@@ -93,9 +109,9 @@ class _Writer:
                 fps = cap.get(cv2.CAP_PROP_FPS) or fps
                 cap.release()
             h, w = r.orig_shape
-            self.videos[r.path] = cv2.VideoWriter(
-                str(self.dir / f"{stem}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h)
-            )
+            target = self.dir / rel.with_suffix(".avi")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.videos[r.path] = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
         return self.videos[r.path]
 
     def close(self) -> None:
@@ -127,7 +143,7 @@ def cli_predict(argv: list[str]) -> int:
     total = _expected_frames(cfg.source)
     stream = det.predict(
         cfg.source, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, max_det=cfg.max_det, classes=cfg.classes,
-        batch=cfg.batch, stream=True, agnostic=cfg.agnostic,
+        batch=cfg.batch, stream=True, agnostic=cfg.agnostic, multi_label=cfg.multi_label,
     )  # fmt: skip
     n = dets = 0
     try:
