@@ -15,7 +15,7 @@ reach memory instead of the ``(B, 4 + nc, A)`` decoded tensor:
 4. multi-label only: ``torch.topk`` over those ``K * nc`` (anchor, class) pairs. The best ``K`` pairs always
    lie in the ``K`` anchors with the best class maximum, so this equals a top-K over all ``A * nc`` pairs.
 
-The result is exactly what ``decode`` + the score threshold + top-K of ``detector.engine.postprocess`` select
+The result is exactly what ``decode`` + the score threshold + top-K of ``detector.ops.nms`` select
 (up to the order of equal scores), decoded in float32. :func:`batched_nms` turns it into the per-image
 ``(n, 6)`` detections of ``non_max_suppression``.
 """
@@ -392,7 +392,7 @@ def batched_nms(
     agnostic: bool = False,
 ) -> list[Tensor]:
     """:func:`decode_topk`'s candidates -> per-image ``Tensor[n, 6]`` (x1, y1, x2, y2, score, class), as
-    ``detector.engine.postprocess.non_max_suppression`` returns them (torchvision's batched NMS per image)."""
+    ``detector.ops.non_max_suppression`` returns them (torchvision's batched NMS per image)."""
     from torchvision.ops import batched_nms as tv_batched_nms
 
     out = []

@@ -1,6 +1,6 @@
 """Fused input: uint8 HWC BGR frames of any sizes -> letterboxed RGB CHW in 0..1 (fp16/fp32), one kernel.
 
-The geometry is the project's letterbox (``detector/data/letterbox.py``, ``deploy/preprocess.py``), computed on
+The geometry is the project's letterbox (``deploy/preprocess.py``), computed on
 the host in the same Python arithmetic: ``r = min(H / h, W / w)`` (capped at 1 without ``scaleup``), content
 ``round(w * r) x round(h * r)`` (Python's round, at least 1), padding ``left = (W - rw) // 2``,
 ``top = (H - rh) // 2`` (the odd pixel goes right/bottom), pad value 114. The resize follows OpenCV as the
@@ -42,7 +42,7 @@ def letterbox_geometry(
 ) -> tuple[float, int, int, int, int]:
     """``(r, rh, rw, top, left)`` of an ``h x w`` frame letterboxed into ``size = (H, W)``.
 
-    The same arithmetic as ``detector.data.letterbox.letterbox`` (``auto=False``); ``center=False`` puts the
+    The same arithmetic as ``deploy.preprocess.letterbox`` (``auto=False``); ``center=False`` puts the
     content at the top-left corner instead.
     """
     nh, nw = size

@@ -10,8 +10,9 @@ from cuda_ops_kit import DEVICE, needs_kernel
 
 import cuda_ops
 from cuda_ops.decode_topk import class_max_reference, gather_decode_reference
-from detector.engine.postprocess import _candidates, non_max_suppression
+from deploy.contract import NMSConfig
 from detector.nn.heads import DDetect
+from detector.ops.nms import _candidates, non_max_suppression
 
 STRIDES = [8, 16, 32]
 LEVELS = [(7, 9), (4, 5), (2, 3)]  # odd sizes of a 56x72 input
@@ -109,7 +110,7 @@ def test_batched_nms_equals_non_max_suppression(multi_label) -> None:
     nc, reg_max = 4, 16
     maps = raw_maps(2, nc, reg_max, scale=2.0)
     pred = DDetect([8, 16, 32], nc, STRIDES, reg_max).eval().decode(maps)
-    want = non_max_suppression(pred, 0.5, 0.6, 50, multi_label)
+    want = non_max_suppression(pred, NMSConfig(conf=0.5, iou=0.6, max_det=50, multi_label=multi_label))
     got = cuda_ops.batched_nms(*cuda_ops.decode_topk(maps, STRIDES, reg_max, 0.5, multi_label=multi_label), 0.6, 50)
     for g, w in zip(got, want):
         assert len(g) == len(w) > 0

@@ -13,11 +13,17 @@ from cuda_ops_kit import CROPS, DEVICE, bccd_crop, needs_kernel
 
 import cuda_ops
 from cuda_ops.letterbox import letterbox_geometry, letterbox_kernel, letterbox_params, letterbox_reference, pack_frames
+from deploy.contract import PreprocessSpec
 from deploy.preprocess import letterbox as deploy_letterbox
-from detector.data.letterbox import letterbox
-from detector.engine.postprocess import scale_boxes
+from detector.ops.boxes import scale_boxes
 
 SIZES = [(64, 80), (96, 96)]
+
+
+def letterbox(img: np.ndarray, size: tuple[int, int], scaleup: bool = True) -> tuple[np.ndarray, float, tuple]:
+    """The project's one letterbox (``deploy.preprocess``) padded to ``size``: image, ratio, (left, top)."""
+    boxed, plan = deploy_letterbox(img, PreprocessSpec(size, auto=False, scaleup=scaleup))
+    return boxed, plan.ratio, plan.pad
 
 
 def cv2_batch(frames: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, list]:
@@ -36,7 +42,7 @@ def test_geometry_equals_project_letterbox() -> None:
     ):
         r, rh, rw, top, left = letterbox_geometry(h, w, size, scaleup)
         img = np.zeros((h, w, 3), np.uint8)
-        for fn in (letterbox, deploy_letterbox):
+        for fn in (letterbox,):
             boxed, r_ref, (left_ref, top_ref) = fn(img, size, scaleup=scaleup)
             assert (r, left, top) == (r_ref, left_ref, top_ref) and boxed.shape[:2] == size
             assert (size[0] - rh - top, size[1] - rw - left) == (size[0] - rh - top_ref, size[1] - rw - left_ref)
