@@ -10,8 +10,8 @@ from cuda_ops_kit import DEVICE, needs_kernel
 
 import cuda_ops
 from cuda_ops.decode_topk import class_max_reference, gather_decode_reference
+from deploy.contract import NMSConfig
 from detector.nn.heads import DDetect
-from detector.ops import NMSConfig
 from detector.ops.nms import _candidates, non_max_suppression
 
 STRIDES = [8, 16, 32]

@@ -22,7 +22,7 @@ SIZES = [(64, 80), (96, 96)]
 
 
 def letterbox(img: np.ndarray, size: tuple[int, int], scaleup: bool = True) -> tuple[np.ndarray, float, tuple]:
-    """The project's letterbox into exactly ``size``: ``(boxed, ratio, (left, top))``."""
+    """The project's one letterbox (``deploy.preprocess``) padded to ``size``: image, ratio, (left, top)."""
     boxed, plan = deploy_letterbox(img, PreprocessSpec(size, auto=False, scaleup=scaleup))
     return boxed, plan.ratio, plan.pad
 
@@ -43,10 +43,10 @@ def test_geometry_equals_project_letterbox() -> None:
     ):
         r, rh, rw, top, left = letterbox_geometry(h, w, size, scaleup)
         img = np.zeros((h, w, 3), np.uint8)
-        boxed, r_ref, (left_ref, top_ref) = letterbox(img, size, scaleup=scaleup)
-        assert (r, left, top) == (r_ref, left_ref, top_ref) and boxed.shape[:2] == size
-        plan = PreprocessSpec(size, auto=False, scaleup=scaleup).plan(h, w)
-        assert (rh, rw) == plan.resized
+        for fn in (letterbox,):
+            boxed, r_ref, (left_ref, top_ref) = fn(img, size, scaleup=scaleup)
+            assert (r, left, top) == (r_ref, left_ref, top_ref) and boxed.shape[:2] == size
+            assert (size[0] - rh - top, size[1] - rw - left) == (size[0] - rh - top_ref, size[1] - rw - left_ref)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -11,7 +11,7 @@ from cuda_ops_kit import CROPS, bccd_crop, needs_kernel
 from tiny_models import tiny_detector
 
 import cuda_ops
-from deploy.contract import NMSConfig, PreprocessSpec
+from deploy.contract import NMSConfig
 from deploy.preprocess import preprocess
 from detector.model import build_model
 from detector.ops.boxes import scale_boxes
@@ -29,9 +29,10 @@ def test_frames_to_detections_equal_the_project_path(impl) -> None:
         cls[-1].bias.data.normal_(0.0, 1.5)
     frames = [bccd_crop(*c)[0] for c in CROPS]
     with torch.no_grad():
-        batch, ratio_pads, shapes = preprocess(frames, PreprocessSpec(IMGSZ, auto=False))
-        nms = NMSConfig(conf=0.3, iou=0.6, max_det=100, multi_label=True)
-        want = non_max_suppression(model.infer(torch.from_numpy(batch)), nms)
+        batch, ratio_pads, shapes = preprocess(frames, IMGSZ)
+        want = non_max_suppression(
+            model(torch.from_numpy(batch))["main"], NMSConfig(conf=0.3, iou=0.6, max_det=100, multi_label=True)
+        )
         images, meta = cuda_ops.letterbox_frames(frames, IMGSZ, torch.float32, impl=impl)
         maps = model(images, decode=False)[model.main_tag]
         cand = cuda_ops.decode_topk(maps, head.strides, head.reg_max, 0.3, 30000, True, impl=impl)

@@ -17,7 +17,8 @@ from detector.ops import LetterboxPlan, NMSConfig, PreprocessSpec
 from detector.ops.boxes import scale_boxes
 from detector.ops.letterbox import to_input
 from detector.ops.nms import non_max_suppression
-from detector.predict.backends import Backend, load_backend
+from detector.predict.backends import Backend
+from detector.predict.facade import ModelModes
 from detector.predict.results import Results
 from detector.predict.sources import Frame, iter_frames
 
@@ -27,12 +28,13 @@ def _batched(frames: Iterator[Frame], n: int) -> Iterator[list[Frame]]:
         yield chunk
 
 
-class Detector:
-    """Run a detection model on images and videos.
+class Detector(ModelModes):
+    """Run a detection model on images and videos; train, validate, export, inspect and time it (``ModelModes``).
 
     >>> det = Detector("gelan-t")                       # architecture with fresh weights
     >>> det = Detector("runs/train/exp/weights/best.pt")  # trained checkpoint, deploy form
     >>> results = det.predict("images/", conf=0.25)      # list of Results, one per image
+    >>> Detector("gelan-t").train(data="bccd", epochs=10, imgsz=320)  # then det runs the run's best.pt
 
     Args:
         model: zoo name, model YAML, ``.pt`` checkpoint, an exported ``.onnx`` / ``.engine`` file, or a ready
@@ -50,9 +52,13 @@ class Detector:
         deploy: bool = True,
         backend: str = "auto",
     ):
-        is_path = isinstance(model, (str, Path))
-        self.backend: Backend = load_backend(model, device, half, deploy, backend=backend) if is_path else model
-        self.model_path = str(model)
+        self._device_arg, self._half, self._deploy, self._runtime = device, half, deploy, backend
+        self._callbacks: list = []
+        self.backend: Backend
+        if isinstance(model, (str, Path)):
+            self._load(model)  # sets backend and model_path
+        else:  # a ready backend object (e.g. a configured GraphBackend)
+            self.backend, self.model_path = model, type(model).__name__
         self.skipped: list[tuple[str, str]] = []
 
     @property
