@@ -25,7 +25,8 @@ class ModelMetadata:
 
     ``imgsz`` is (H, W) of the export (the largest size for dynamic H/W). ``input_dtype`` is the numpy dtype
     name of the ``images`` input ("float32", or "float16" for a half-input graph). ``precision`` is the
-    compute precision inside the graph ("fp32" or "fp16"). ``conf``/``iou``/``max_det`` are the thresholds
+    compute precision inside the graph ("fp32", "fp16", or "int8" for an explicitly quantized QDQ graph, whose
+    ``quantization`` says how it was calibrated and which layers stayed float). ``conf``/``iou``/``max_det`` are the thresholds
     baked into an in-graph NMS (``nms`` "onnx" or "trt").
     """
 
@@ -46,6 +47,7 @@ class ModelMetadata:
     version: str = ""
     framework: str = "detector"
     opset: int | None = None
+    quantization: dict | None = None
 
     @property
     def stride(self) -> int:

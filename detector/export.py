@@ -29,6 +29,7 @@ from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
 from detector.model import DetectionModel
+from detector.quantize.options import Int8Options, resolve_int8
 
 if TYPE_CHECKING:
     import onnx
@@ -99,10 +100,11 @@ def _check_args(format: str, nms: str, batch: int, opset: int, conf: float, iou:
         raise ConfigError(f"export: nms=onnx needs opset >= {MIN_OPSET}, got opset={opset}")
 
 
-def _default_out(model_or_ckpt, model: DetectionModel, suffix: str) -> Path:
+def _default_out(model_or_ckpt, model: DetectionModel, suffix: str, int8: bool = False) -> Path:
+    tag = "_int8" if int8 else ""
     if isinstance(model_or_ckpt, (str, Path)) and Path(model_or_ckpt).suffix in CHECKPOINT_SUFFIXES:
-        return Path(model_or_ckpt).with_suffix(suffix)
-    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{suffix}"
+        return Path(model_or_ckpt).with_name(f"{Path(model_or_ckpt).stem}{tag}{suffix}")
+    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{tag}{suffix}"
 
 
 def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool) -> onnx.ModelProto:
@@ -160,6 +162,9 @@ def export(
     max_det: int = 300,
     out: str | Path | None = None,
     dynamic_hw: bool = False,
+    int8: bool | Int8Options = False,
+    data: str | None = None,
+    calib: int | str = 200,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -170,6 +175,9 @@ def export(
     thresholds ``conf``/``iou`` and ``max_det`` boxes per image. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    ``int8``: post-training INT8 quantization into a QDQ graph (``detector.quantize``), calibrated on ``calib``
+    images of ``data``'s train split or, with ``calib="free"``, on images synthesised from BatchNorm statistics;
+    pass an ``Int8Options`` for the finer settings. The default name then ends in ``_int8``.
     """
     import onnx
 
@@ -178,13 +186,14 @@ def export(
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     _check_args(format, nms, batch, opset, conf, iou, max_det)
+    q = resolve_int8(int8, data, calib, half)
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
     if half:
         model.half()
     graph = DeployGraph(model).eval()
     sample = torch.zeros(batch, 3, h, w)
-    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
+    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format], q is not None)
     if format == "engine" and target.suffix == ".onnx":
         raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +207,12 @@ def export(
         ) from e
     if simplify:
         proto = simplify_onnx(proto)
+    if q is not None:  # float graph -> calibrated QDQ graph (detector.quantize), before any in-graph NMS
+        from detector.quantize.ptq import quantize_proto
+
+        quant = quantize_proto(proto, model_or_ckpt, q, imgsz=(h, w), stride=int(max(model.strides)),
+                               batch=1 if dynamic else batch, nc=len(model.names), target=format)  # fmt: skip
+        proto = quant.model
     if nms != "none":
         add_nms(proto, nms, conf, iou, max_det, opset)
     meta = ModelMetadata(
@@ -209,7 +224,8 @@ def export(
         dynamic_hw=dynamic_hw,
         nms=nms,
         input_dtype="float32",
-        precision="fp16" if half else "fp32",
+        precision="int8" if q is not None else "fp16" if half else "fp32",
+        quantization=quant.summary() if q is not None else None,
         conf=conf if nms != "none" else None,
         iou=iou if nms != "none" else None,
         max_det=max_det if nms != "none" else None,
@@ -243,6 +259,7 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
             onnx_path,
             engine_path,
             half=half,
+            int8=meta.precision == "int8",
             workspace_gib=workspace,
             max_batch=meta.batch,
             imgsz=meta.imgsz,
@@ -273,6 +290,12 @@ class ExportArgs:
     iou: float = 0.7
     max_det: int = 300
     out: str | None = None
+    int8: bool = False
+    data: str | None = None
+    calib: int | str = 200
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    keep_float: int = 4
+    clip_weights: float = 0.0
 
 
 def cli_export(argv: list[str]) -> int:
@@ -302,6 +325,10 @@ def cli_export(argv: list[str]) -> int:
         max_det=args.max_det,
         out=args.out,
         dynamic_hw=args.dynamic_hw,
+        int8=args.int8
+        and Int8Options(method=args.calib_method, keep_float=args.keep_float, clip_weights=args.clip_weights),
+        data=args.data,
+        calib=args.calib,
     )
     print(f"exported {path}")
     return 0

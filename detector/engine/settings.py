@@ -82,7 +82,7 @@ class TrainConfig:
 class ValRunConfig:
     """``detector val model=CKPT data=DATA ...``; unset values come from the checkpoint's training config."""
 
-    model: str = ""  # checkpoint path
+    model: str = ""  # checkpoint path, or an exported .onnx / .engine (then data= is needed)
     data: str | None = None
     split: str = "val"
     imgsz: int | None = None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detector.engine.exported_val import EXPORTED_SUFFIXES, exported_val_inputs
 from detector.engine.postprocess import non_max_suppression, scale_boxes
 from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
@@ -217,7 +218,7 @@ def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> lis
 # -- detector val --------------------------------------------------------------------------------------------
 def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     """Evaluate checkpoint ``cfg.model`` on ``cfg.data`` (default: the data it was trained on); outputs go to
-    ``runs/val/NAME``."""
+    ``runs/val/NAME``. An exported ``.onnx``/``.engine`` is evaluated through its deploy runner (``data=`` needed)."""
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
     from detector.engine.distributed import DistInfo, select_device
@@ -228,20 +229,29 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
         raise DetectorError(
             "val: give the checkpoint to evaluate, e.g. detector val model=runs/train/exp/weights/best.pt"
         )
-    if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
-        raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
-    ckpt = load_checkpoint(cfg.model)
-    trained = ckpt.get("config") or {}
-    data = cfg.data or trained.get("data")
-    if not data:
-        raise DetectorError(f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA")
-    imgsz = cfg.imgsz or int(trained.get("imgsz", 640))
     device = select_device(cfg.device)
+    exported = Path(cfg.model).suffix in EXPORTED_SUFFIXES  # an ONNX / TensorRT export (detector.engine.exported_val)
+    if exported:
+        if not cfg.data:
+            raise DetectorError(f"val: {cfg.model} is an exported model; say which data to evaluate on with data=DATA")
+        model, imgsz, rect, names = exported_val_inputs(cfg.model, cfg.imgsz, device)
+        data = cfg.data
+    else:
+        if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
+            raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
+        ckpt = load_checkpoint(cfg.model)
+        trained = ckpt.get("config") or {}
+        data = cfg.data or trained.get("data")
+        if not data:
+            raise DetectorError(
+                f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA"
+            )
+        imgsz, rect = cfg.imgsz or int(trained.get("imgsz", 640)), True
+        names = [str(n) for n in ckpt["names"]]
     loader, dataset = build_dataloader(
         data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
-        rank=-1, world_size=1, cache=None, rect=True,
+        rank=-1, world_size=1, cache=None, rect=rect,
     )  # fmt: skip
-    names = [str(n) for n in ckpt["names"]]
     data_names = class_names(dataset.names)
     if len(data_names) != len(names):
         raise DetectorError(
@@ -253,7 +263,8 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     report_problems(dataset, cfg.split, run_dir)
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
-    model = model_from_checkpoint(cfg.model, deploy=True).to(device)
+    if not exported:
+        model = model_from_checkpoint(cfg.model, deploy=True).to(device)
     val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label, batch=cfg.batch,
                         save_json=cfg.save_json, plots=cfg.plots)  # fmt: skip
     validator = Validator(loader, names, val_cfg, device, run_dir=run_dir, amp_dtype=amp_dtype(device, True))
