@@ -27,9 +27,10 @@ class _DecodedHead:
 
 class ExportedModel:
     """An exported model behind the ``DetectionModel`` surface the Validator uses (``main_head``,
-    ``head_tags``, ``layers``, ``eval``/``train``, ``model(images, decode=False)[tag]``)."""
+    ``head_tags``, ``layers``, ``main_tag``, ``decode``, ``eval``/``train``, ``model(images, decode=False)[tag]``)."""
 
     training = False
+    main_tag = "main"
 
     def __init__(self, path: str | Path, device: torch.device) -> None:
         from detector.predict.backends import ExportedBackend
@@ -45,6 +46,10 @@ class ExportedModel:
         self.head_tags = {0: "main"}
         self.names = self.backend.names
         self.fixed_shape = self.backend.fixed_shape
+
+    def decode(self, maps: list[Tensor]) -> Tensor:
+        """The graph's output is already decoded."""
+        return maps[0]
 
     def eval(self) -> ExportedModel:
         return self

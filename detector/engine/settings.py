@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from detector.config import ConfigError, Range
 from detector.data.augment import AugmentConfig
+from detector.ops import NMSConfig
+
+VAL_NMS = NMSConfig.val()  # the defaults of validation's NMS keys (docs/interfaces.md: which mode uses which)
+
+UNIT = Range(0, 1)  # probabilities, thresholds, fractions
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+IMAGE_SIZE = Range(32)  # the largest model stride; smaller sizes leave no feature map
 
 
 @dataclass
@@ -32,20 +42,41 @@ class OptimConfig:
     ema_decay: float = 0.9999
     ema_tau: float = 2000.0
 
+    limits: ClassVar[dict[str, Range]] = {
+        "lr0": POSITIVE, "lrf": Range(0, 1, open_low=True), "momentum": Range(0, 1, open_high=True),
+        "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "warmup_min_iters": NON_NEGATIVE,
+        "warmup_momentum": Range(0, 1, open_high=True), "warmup_bias_lr": NON_NEGATIVE, "nbs": AT_LEAST_ONE,
+        "clip_grad": NON_NEGATIVE, "ema_decay": Range(0, 1, open_high=True), "ema_tau": POSITIVE,
+    }  # fmt: skip
+
 
 @dataclass
 class ValConfig:
     """Validation during training (and the defaults of ``detector val``)."""
 
     split: str = "val"
-    conf: float = 0.001
-    iou: float = 0.7
-    max_det: int = 300
-    multi_label: bool = True  # a box may count once per class above conf (the COCO mAP convention)
+    conf: float = VAL_NMS.conf
+    iou: float = VAL_NMS.iou
+    max_det: int = VAL_NMS.max_det
+    multi_label: bool = VAL_NMS.multi_label  # a box may count once per class above conf (the COCO mAP convention)
+    agnostic: bool = VAL_NMS.agnostic  # NMS across classes
+    classes: list[int] | None = None  # evaluate only these class ids' detections (None: all)
     batch: int | None = None  # default: 2x the training batch
     period: int = 1  # validate every N epochs (the last epoch always)
     save_json: bool = False
     plots: bool = True
+
+    limits: ClassVar[dict[str, Range]] = {
+        "conf": UNIT, "iou": UNIT, "max_det": AT_LEAST_ONE, "batch": AT_LEAST_ONE, "period": AT_LEAST_ONE,
+    }  # fmt: skip
+
+    def nms(self) -> NMSConfig:
+        """The NMS these keys describe; a value out of range raises ``ConfigError`` naming the key."""
+        try:
+            return NMSConfig.val(conf=self.conf, iou=self.iou, max_det=self.max_det, multi_label=self.multi_label,
+                                 agnostic=self.agnostic, classes=self.classes)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"val: {e}") from None
 
 
 @dataclass
@@ -53,6 +84,7 @@ class TrainConfig:
     """Everything a training run reads. Saved as ``args.yaml`` in the run dir and inside every checkpoint."""
 
     model: str = "gelan-t"  # zoo name, model YAML, or a .pt checkpoint to start from
+    weights: str = ""  # initialise from this checkpoint (ours, or made by `detector convert`); matching tensors only
     data: str = ""  # dataset YAML (path or name under configs/data)
     epochs: int = 100
     imgsz: int = 640
@@ -77,6 +109,11 @@ class TrainConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     val: ValConfig = field(default_factory=ValConfig)
 
+    limits: ClassVar[dict[str, Range]] = {
+        "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE,
+        "patience": NON_NEGATIVE, "save_period": NON_NEGATIVE,
+    }  # fmt: skip
+
 
 @dataclass
 class ValRunConfig:
@@ -89,15 +126,22 @@ class ValRunConfig:
     batch: int = 16
     device: str = ""
     workers: int = 4
-    conf: float = 0.001
-    iou: float = 0.7
-    max_det: int = 300
-    multi_label: bool = True
+    conf: float = VAL_NMS.conf
+    iou: float = VAL_NMS.iou
+    max_det: int = VAL_NMS.max_det
+    multi_label: bool = VAL_NMS.multi_label
+    agnostic: bool = VAL_NMS.agnostic
+    classes: list[int] | None = None
     save_json: bool = False
     plots: bool = True
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False
+
+    limits: ClassVar[dict[str, Range]] = {
+        "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE, "conf": UNIT, "iou": UNIT,
+        "max_det": AT_LEAST_ONE,
+    }  # fmt: skip
 
 
 def keys_help(cfg, usage: str) -> str:

@@ -21,11 +21,11 @@ from detector.errors import DetectorError
 LOG = logging.getLogger("detector.quantize")
 
 
-def model_input(rgb: np.ndarray, imgsz: tuple[int, int], stride: int) -> np.ndarray:
+def model_input(rgb: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     """``rgb (ndarray[H0, W0, 3])`` uint8 -> ``(3, H, W)`` float32 0..1, letterboxed as the deploy runner does."""
     from deploy.preprocess import preprocess
 
-    batch, _, _ = preprocess([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)], imgsz, stride=stride)
+    batch, _, _ = preprocess([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)], tuple(imgsz))  # a bare size: pad to exactly it
     return batch[0]
 
 
@@ -86,7 +86,7 @@ class ImageFeeds:
 
         for f in self._files:
             try:
-                x = model_input(read_image(f), self.imgsz, self.stride)
+                x = model_input(read_image(f), self.imgsz)
             except ImageReadError as e:
                 self.report.skipped.append((str(f), str(e)))
                 LOG.warning("calibration: skipping %s: %s", f, e)
