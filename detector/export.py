@@ -29,6 +29,7 @@ from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
 from detector.model import DetectionModel
+from detector.quantize.options import Int8Options, resolve_int8
 
 if TYPE_CHECKING:
     import onnx
@@ -95,10 +96,11 @@ def _check_args(format: str, nms: str, batch: int, opset: int) -> None:
         raise ConfigError(f"export: nms=onnx needs opset >= {MIN_OPSET}, got opset={opset}")
 
 
-def _default_out(model_or_ckpt, model: DetectionModel, suffix: str) -> Path:
+def _default_out(model_or_ckpt, model: DetectionModel, suffix: str, int8: bool = False) -> Path:
+    tag = "_int8" if int8 else ""
     if isinstance(model_or_ckpt, (str, Path)) and Path(model_or_ckpt).suffix in CHECKPOINT_SUFFIXES:
-        return Path(model_or_ckpt).with_suffix(suffix)
-    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{suffix}"
+        return Path(model_or_ckpt).with_name(f"{Path(model_or_ckpt).stem}{tag}{suffix}")
+    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{tag}{suffix}"
 
 
 def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool) -> onnx.ModelProto:
@@ -160,6 +162,9 @@ def export(
     agnostic: bool | None = None,
     classes: list[int] | None = None,
     verbose: bool = True,
+    int8: bool | Int8Options = False,
+    data: str | None = None,
+    calib: int | str = 200,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -173,6 +178,9 @@ def export(
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
     ``verbose``: a progress bar over the stages (trace, simplify, NMS, check and save, engine build).
+    ``int8``: post-training INT8 quantization into a QDQ graph (``detector.quantize``), calibrated on ``calib``
+    images of ``data``'s train split or, with ``calib="free"``, on images synthesised from BatchNorm statistics;
+    pass an ``Int8Options`` for the finer settings. The default name then ends in ``_int8``.
     """
     from detector.progress import quiet, stages
 
@@ -180,11 +188,11 @@ def export(
     steps += ["tensorrt engine"] * (format == "engine")
     with quiet(not verbose), stages("export", steps) as stage:
         return _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace,
-                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes)  # fmt: skip
+                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib)  # fmt: skip
 
 
 def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf, iou,
-            max_det, out, dynamic_hw, multi_label, agnostic, classes) -> Path:  # fmt: skip
+            max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib) -> Path:  # fmt: skip
     """The body of ``export``; ``stage(name)`` advances its progress bar."""
     import onnx
 
@@ -194,6 +202,7 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     _check_args(format, nms, batch, opset)
+    q = resolve_int8(int8, data, calib, half)
     nms_cfg = export_nms(nms, conf, iou, max_det, multi_label, agnostic, classes)
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
@@ -201,7 +210,7 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
         model.half()
     graph = DeployGraph(model).eval()
     sample = torch.zeros(batch, 3, h, w)
-    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
+    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format], q is not None)
     if format == "engine" and target.suffix == ".onnx":
         raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +226,12 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
     if simplify:
         stage("simplify")
         proto = simplify_onnx(proto)
+    if q is not None:  # float graph -> calibrated QDQ graph (detector.quantize), before any in-graph NMS
+        from detector.quantize.ptq import quantize_proto
+
+        quant = quantize_proto(proto, model_or_ckpt, q, imgsz=(h, w), stride=int(max(model.strides)),
+                               batch=1 if dynamic else batch, nc=len(model.names), target=format)  # fmt: skip
+        proto = quant.model
     if nms != "none":
         stage("nms")
         add_nms(proto, nms, nms_cfg.conf, nms_cfg.iou, nms_cfg.max_det, opset)
@@ -230,7 +245,8 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
         dynamic_hw=dynamic_hw,
         nms=nms,
         input_dtype="float32",
-        precision="fp16" if half else "fp32",
+        precision="int8" if q is not None else "fp16" if half else "fp32",
+        quantization=quant.summary() if q is not None else None,
         preprocess=export_preprocess((h, w), int(max(model.strides)), dynamic_hw),
         postprocess=nms_cfg,
         model=str(model.yaml.get("name", "")),
@@ -264,6 +280,7 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
             onnx_path,
             engine_path,
             half=half,
+            int8=meta.precision == "int8",
             workspace_gib=workspace,
             max_batch=meta.batch,
             imgsz=meta.imgsz,
@@ -298,6 +315,12 @@ class ExportArgs:
     classes: list[int] | None = None  # keep only these class ids
     out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
     verbose: bool = True  # progress bar over the export stages
+    int8: bool = False  # post-training INT8 quantization (QDQ ONNX), needs data= or calib=free
+    data: str | None = None  # dataset whose train split calibrates int8
+    calib: int | str = 200  # calibration images, or "free" (synthesised from BatchNorm statistics)
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # activation range calibration
+    keep_float: int = 4  # int8: also keep this many most quantization-sensitive convs in float
+    clip_weights: float = 0.0  # int8: per-channel weight clipping at K standard deviations (0 = off)
 
 
 def cli_export(argv: list[str]) -> int:
@@ -333,6 +356,10 @@ def cli_export(argv: list[str]) -> int:
         agnostic=args.agnostic,
         classes=args.classes,
         verbose=args.verbose,
+        int8=args.int8
+        and Int8Options(method=args.calib_method, keep_float=args.keep_float, clip_weights=args.clip_weights),
+        data=args.data,
+        calib=args.calib,
     )
     print(f"exported {path}")
     return 0
