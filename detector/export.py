@@ -29,6 +29,7 @@ from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
 from detector.model import DetectionModel
+from detector.quantize.options import Int8Options, resolve_int8
 
 if TYPE_CHECKING:
     import onnx
@@ -95,10 +96,11 @@ def _check_args(format: str, nms: str, batch: int, opset: int) -> None:
         raise ConfigError(f"export: nms=onnx needs opset >= {MIN_OPSET}, got opset={opset}")
 
 
-def _default_out(model_or_ckpt, model: DetectionModel, suffix: str) -> Path:
+def _default_out(model_or_ckpt, model: DetectionModel, suffix: str, int8: bool = False) -> Path:
+    tag = "_int8" if int8 else ""
     if isinstance(model_or_ckpt, (str, Path)) and Path(model_or_ckpt).suffix in CHECKPOINT_SUFFIXES:
-        return Path(model_or_ckpt).with_suffix(suffix)
-    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{suffix}"
+        return Path(model_or_ckpt).with_name(f"{Path(model_or_ckpt).stem}{tag}{suffix}")
+    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{tag}{suffix}"
 
 
 def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool) -> onnx.ModelProto:
@@ -160,6 +162,9 @@ def export(
     agnostic: bool | None = None,
     classes: list[int] | None = None,
     verbose: bool = True,
+    int8: bool | Int8Options = False,
+    data: str | None = None,
+    calib: int | str = 200,
     plugins: bool = False,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
@@ -175,6 +180,9 @@ def export(
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
     ``verbose``: a progress bar over the stages (trace, simplify, NMS, check and save, engine build).
     ``plugins``: SKA and the post-processing as custom nodes for our TensorRT plugins (``detector.export_plugins``).
+    ``int8``: post-training INT8 quantization into a QDQ graph (``detector.quantize``), calibrated on ``calib``
+    images of ``data``'s train split or, with ``calib="free"``, on images synthesised from BatchNorm statistics;
+    pass an ``Int8Options`` for the finer settings. The default name then ends in ``_int8``.
     """
     from detector.progress import quiet, stages
 
@@ -182,11 +190,13 @@ def export(
     steps += ["tensorrt engine"] * (format == "engine")
     with quiet(not verbose), stages("export", steps) as stage:
         return _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace,
-                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, plugins)  # fmt: skip
+                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib,
+                       plugins)  # fmt: skip
 
 
 def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf, iou,
-            max_det, out, dynamic_hw, multi_label, agnostic, classes, plugins=False) -> Path:  # fmt: skip
+            max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib,
+            plugins=False) -> Path:  # fmt: skip
     """The body of ``export``; ``stage(name)`` advances its progress bar."""
     import onnx
 
@@ -196,6 +206,9 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     _check_args(format, nms, batch, opset)
+    q = resolve_int8(int8, data, calib, half)
+    if plugins and q is not None:  # calibration runs the graph in ONNX Runtime, which has no kernel for the nodes
+        raise ConfigError("export: plugins=True and int8=True cannot be combined; export one or the other")
     nms_cfg = export_nms(nms, conf, iou, max_det, multi_label, agnostic, classes)
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
@@ -207,7 +220,7 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
 
         graph = export_plugins.plugin_graph(model, nms_cfg)
     sample = torch.zeros(batch, 3, h, w)
-    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
+    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format], q is not None)
     if format == "engine" and target.suffix == ".onnx":
         raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +238,12 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
         proto = simplify_onnx(proto)
     if plugins:
         export_plugins.declare_plugin_graph(proto, None if dynamic else batch, model.nc)
+    if q is not None:  # float graph -> calibrated QDQ graph (detector.quantize), before any in-graph NMS
+        from detector.quantize.ptq import quantize_proto
+
+        quant = quantize_proto(proto, model_or_ckpt, q, imgsz=(h, w), stride=int(max(model.strides)),
+                               batch=1 if dynamic else batch, nc=len(model.names), target=format)  # fmt: skip
+        proto = quant.model
     if nms != "none":
         stage("nms")
         add_nms(proto, nms, nms_cfg.conf, nms_cfg.iou, nms_cfg.max_det, opset)
@@ -238,7 +257,8 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
         dynamic_hw=dynamic_hw,
         nms=nms,
         input_dtype="float32",
-        precision="fp16" if half else "fp32",
+        precision="int8" if q is not None else "fp16" if half else "fp32",
+        quantization=quant.summary() if q is not None else None,
         preprocess=export_preprocess((h, w), int(max(model.strides)), dynamic_hw),
         postprocess=nms_cfg,
         model=str(model.yaml.get("name", "")),
@@ -276,6 +296,7 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
             onnx_path,
             engine_path,
             half=half,
+            int8=meta.precision == "int8",
             workspace_gib=workspace,
             max_batch=meta.batch,
             imgsz=meta.imgsz,
@@ -310,6 +331,12 @@ class ExportArgs:
     classes: list[int] | None = None  # keep only these class ids
     out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
     verbose: bool = True  # progress bar over the export stages
+    int8: bool = False  # post-training INT8 quantization (QDQ ONNX), needs data= or calib=free
+    data: str | None = None  # dataset whose train split calibrates int8
+    calib: int | str = 200  # calibration images, or "free" (synthesised from BatchNorm statistics)
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # activation range calibration
+    keep_float: int = 4  # int8: also keep this many most quantization-sensitive convs in float
+    clip_weights: float = 0.0  # int8: per-channel weight clipping at K standard deviations (0 = off)
     plugins: bool = False  # SKA and the post-processing as custom nodes for our TensorRT plugins
 
 
@@ -346,6 +373,10 @@ def cli_export(argv: list[str]) -> int:
         agnostic=args.agnostic,
         classes=args.classes,
         verbose=args.verbose,
+        int8=args.int8
+        and Int8Options(method=args.calib_method, keep_float=args.keep_float, clip_weights=args.clip_weights),
+        data=args.data,
+        calib=args.calib,
         plugins=args.plugins,
     )
     print(f"exported {path}")

@@ -258,3 +258,11 @@ def test_model_without_ska_gets_only_the_decode_node_and_dynamic_hw_keeps_k(tmp_
     assert dims == ["batch", 7, DEFAULT_TOPK]  # K is fixed whatever H and W: the plugin pads to it
     (images,) = proto.graph.input
     assert [d.dim_param for d in images.type.tensor_type.shape.dim][2:] == ["height", "width"]
+
+
+def test_plugins_with_int8_is_refused_before_any_work(lsnet, tmp_path):
+    from detector.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"plugins=True and int8=True cannot be combined"):
+        export(lsnet, imgsz=96, plugins=True, int8=True, calib="free", out=tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()

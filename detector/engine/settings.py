@@ -121,7 +121,7 @@ class TrainConfig:
 class ValRunConfig:
     """``detector val model=CKPT data=DATA ...``; unset values come from the checkpoint's training config."""
 
-    model: str = ""  # checkpoint path
+    model: str = ""  # checkpoint path, or an exported .onnx / .engine (then data= is needed)
     data: str | None = None  # default: the data the checkpoint was trained on
     split: str = "val"  # val, test or train
     imgsz: int | None = None  # default: the training imgsz

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from detector.engine.coco_crosscheck import EvaluatedImage, cross_check
+from detector.engine.exported_val import EXPORTED_SUFFIXES, exported_val_inputs
 from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
 from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
@@ -247,7 +248,8 @@ def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> lis
 # -- detector val --------------------------------------------------------------------------------------------
 def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     """Evaluate checkpoint ``cfg.model`` on ``cfg.data`` (default: the data it was trained on); outputs go to
-    ``runs/val/NAME``; ``verbose=False`` hides the progress bars."""
+    ``runs/val/NAME``; ``verbose=False`` hides the progress bars. An exported ``.onnx``/``.engine`` is evaluated
+    through its deploy runner (``data=`` needed)."""
     with quiet(not cfg.verbose):
         return _validate_checkpoint(cfg)
 
@@ -265,20 +267,29 @@ def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
         raise DetectorError(
             "val: give the checkpoint to evaluate, e.g. detector val model=runs/train/exp/weights/best.pt"
         )
-    if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
-        raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
-    ckpt = load_checkpoint(cfg.model)
-    trained = ckpt.get("config") or {}
-    data = cfg.data or trained.get("data")
-    if not data:
-        raise DetectorError(f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA")
-    imgsz = cfg.imgsz or int(trained.get("imgsz", 640))
     device = select_device(cfg.device)
+    exported = Path(cfg.model).suffix in EXPORTED_SUFFIXES  # an ONNX / TensorRT export (detector.engine.exported_val)
+    if exported:
+        if not cfg.data:
+            raise DetectorError(f"val: {cfg.model} is an exported model; say which data to evaluate on with data=DATA")
+        model, imgsz, rect, names = exported_val_inputs(cfg.model, cfg.imgsz, device)
+        data = cfg.data
+    else:
+        if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
+            raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
+        ckpt = load_checkpoint(cfg.model)
+        trained = ckpt.get("config") or {}
+        data = cfg.data or trained.get("data")
+        if not data:
+            raise DetectorError(
+                f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA"
+            )
+        imgsz, rect = cfg.imgsz or int(trained.get("imgsz", 640)), True
+        names = [str(n) for n in ckpt["names"]]
     loader, dataset = build_dataloader(
         data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
-        rank=-1, world_size=1, cache=None, rect=True,
+        rank=-1, world_size=1, cache=None, rect=rect,
     )  # fmt: skip
-    names = [str(n) for n in ckpt["names"]]
     data_names = class_names(dataset.names)
     if len(data_names) != len(names):
         raise DetectorError(
@@ -290,7 +301,8 @@ def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     report_problems(dataset, cfg.split, run_dir)
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
-    model = model_from_checkpoint(cfg.model, deploy=True).to(device)
+    if not exported:
+        model = model_from_checkpoint(cfg.model, deploy=True).to(device)
     val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label,
                         agnostic=cfg.agnostic, classes=cfg.classes, batch=cfg.batch, save_json=cfg.save_json,
                         plots=cfg.plots)  # fmt: skip
