@@ -50,7 +50,10 @@ def letterbox(
 
 
 def to_tensor_layout(img_rgb: np.ndarray, dtype: np.dtype | str = np.float32) -> np.ndarray:
-    """``uint8 (H, W, 3)`` RGB -> ``(3, H, W)`` in 0..1 of ``dtype``."""
+    """``uint8 (H, W, 3)`` RGB -> ``(3, H, W)`` in 0..1 of ``dtype``; for a ``uint8`` model input (one that
+    normalises inside its graph) the raw pixels 0..255."""
+    if np.dtype(dtype) == np.uint8:
+        return np.ascontiguousarray(img_rgb.transpose(2, 0, 1))
     chw = np.ascontiguousarray(img_rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
     return chw.astype(dtype, copy=False)  # divide in float32 first, as the torch side does, then narrow
 

@@ -1,6 +1,7 @@
 """Export a model's deploy form to ONNX (optionally with NMS inside) or to a TensorRT engine.
 
-The exported graph takes ``images (B, 3, H, W)`` float32 RGB in 0..1 and returns ``output0 (B, 4 + nc, A)``:
+The exported graph takes ``images (B, 3, H, W)`` float32 RGB in 0..1 (or, with ``input_dtype="uint8"``, the
+raw pixels, normalised inside the graph: a quarter of the bytes to copy to a GPU) and returns ``output0 (B, 4 + nc, A)``:
 xyxy boxes in input pixels, then class scores (the model's eval output), or with ``nms`` the four tensors
 ``num_dets``/``det_boxes``/``det_scores``/``det_classes`` (see ``detector.export_nms``). Class names,
 strides, size, version, NMS mode and input dtype go into the ONNX ``metadata_props`` (``deploy.metadata``).
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
+from detector.export_trace import INPUT_DTYPES, plan_trace
 from detector.model import DetectionModel
 
 if TYPE_CHECKING:
@@ -47,13 +49,16 @@ class DeployGraph(nn.Module):
     anchors, sigmoid) runs in float32.
     """
 
-    def __init__(self, model: DetectionModel) -> None:
+    def __init__(self, model: DetectionModel, uint8_input: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.uint8_input = uint8_input
         self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is model.main_head)
         self.dtype = next(model.parameters()).dtype
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.uint8_input:  # raw pixels in, normalised inside the graph (on the GPU for TensorRT)
+            images = images.float() / 255.0
         maps = self.model(images.to(self.dtype), decode=False)[self.tag]
         return self.model.main_head.decode([m.float() for m in maps])
 
@@ -160,6 +165,8 @@ def export(
     max_det: int = 300,
     out: str | Path | None = None,
     dynamic_hw: bool = False,
+    device: str | None = None,
+    input_dtype: str = "float32",
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -170,6 +177,8 @@ def export(
     thresholds ``conf``/``iou`` and ``max_det`` boxes per image. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    ``device``: where to trace (default: CUDA for ``half`` when present, else CPU; see ``detector.export_trace``).
+    ``input_dtype``: "float32" (RGB 0..1) or "uint8" (raw pixels 0..255, normalised inside the graph).
     """
     import onnx
 
@@ -178,12 +187,14 @@ def export(
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     _check_args(format, nms, batch, opset, conf, iou, max_det)
+    if input_dtype not in INPUT_DTYPES:
+        raise ConfigError(f"export: input_dtype={input_dtype!r}; choose one of {list(INPUT_DTYPES)}")
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
-    if half:
-        model.half()
-    graph = DeployGraph(model).eval()
-    sample = torch.zeros(batch, 3, h, w)
+    plan = plan_trace(half, batch, dynamic, device)
+    model.to(plan.device, torch.float16 if half else torch.float32)
+    graph = DeployGraph(model, uint8_input=input_dtype == "uint8").eval()
+    sample = plan.sample(h, w, input_dtype)
     target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
     if format == "engine" and target.suffix == ".onnx":
         raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
@@ -208,7 +219,7 @@ def export(
         dynamic=dynamic,
         dynamic_hw=dynamic_hw,
         nms=nms,
-        input_dtype="float32",
+        input_dtype=input_dtype,
         precision="fp16" if half else "fp32",
         conf=conf if nms != "none" else None,
         iou=iou if nms != "none" else None,
@@ -273,6 +284,8 @@ class ExportArgs:
     iou: float = 0.7
     max_det: int = 300
     out: str | None = None
+    device: str = ""
+    input_dtype: Literal["float32", "uint8"] = "float32"
 
 
 def cli_export(argv: list[str]) -> int:
@@ -302,6 +315,8 @@ def cli_export(argv: list[str]) -> int:
         max_det=args.max_det,
         out=args.out,
         dynamic_hw=args.dynamic_hw,
+        device=args.device or None,
+        input_dtype=args.input_dtype,
     )
     print(f"exported {path}")
     return 0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from detector.engine.ema import ModelEMA
 
 if TYPE_CHECKING:
@@ -148,10 +148,10 @@ class Checkpointer(Callback):
         wdir = trainer.run_dir / "weights"
         save_checkpoint(ckpt, wdir / "last.pt")
         if trainer.is_best:
-            save_checkpoint(ckpt, wdir / "best.pt")
+            copy_checkpoint(wdir / "last.pt", wdir / "best.pt")  # the same bytes: copy, not serialise twice
         period = trainer.cfg.save_period
         if period > 0 and (trainer.epoch + 1) % period == 0:
-            save_checkpoint(ckpt, wdir / f"epoch{trainer.epoch + 1}.pt")
+            copy_checkpoint(wdir / "last.pt", wdir / f"epoch{trainer.epoch + 1}.pt")
 
     def after_train(self, trainer: Trainer) -> None:
         wdir = trainer.run_dir / "weights"

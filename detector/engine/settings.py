@@ -57,8 +57,8 @@ class TrainConfig:
     epochs: int = 100
     imgsz: int = 640
     batch: int = 16  # total over all processes
-    device: str = ""  # "" = cuda:0 if available else cpu; "cpu", "0", "cuda:1"
-    workers: int = 4  # dataloader workers per process
+    device: str = ""  # "" = cuda:0 if available else cpu; "cpu", "cuda", "0", "cuda:1", "0,1" (torchrun)
+    workers: int = -1  # dataloader workers per process; -1 = from the machine (detector.data.loader.auto_workers)
     project: str = "runs/train"
     name: str = "exp"
     exist_ok: bool = False
@@ -88,7 +88,7 @@ class ValRunConfig:
     imgsz: int | None = None
     batch: int = 16
     device: str = ""
-    workers: int = 4
+    workers: int = -1  # -1 = from the machine (detector.data.loader.auto_workers)
     conf: float = 0.001
     iou: float = 0.7
     max_det: int = 300

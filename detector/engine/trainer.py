@@ -24,12 +24,22 @@ from detector import __version__
 from detector.checkpoint import load_checkpoint
 from detector.config import ConfigError, build, load, parse_overrides, save_yaml, to_dict
 from detector.engine import callbacks as cb
-from detector.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
+from detector.engine.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    mean_over_ranks,
+    shutdown_distributed,
+)
 from detector.engine.ema import ModelEMA, unwrap
+from detector.engine.memory_format import model_to_channels_last, to_channels_last
 from detector.engine.optim import LRSchedule, build_optimizer, resolve_optimizer
+from detector.engine.resume_state import pick_rank_state, restore_rng, restore_scaler
 from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
 from detector.engine.settings import TrainConfig, keys_help
 from detector.errors import DetectorError
+from detector.losses.rank_normalizer import across_ranks
 from detector.model import DetectionModel, build_model, load_model_dict
 from detector.registry import LOSSES
 
@@ -106,12 +116,14 @@ class Trainer:
 
     def build_data(self) -> None:
         from detector.data import build_dataloader
+        from detector.data.loader import auto_workers
 
         cfg, d = self.cfg, self.dist
+        workers = {r: auto_workers(cfg.workers, self.device.type, r) for r in ("train", "val")}
         cache = {False: None, True: "ram"}.get(cfg.cache, cfg.cache)  # type: ignore[call-overload]
         self.train_loader, self.train_set = build_dataloader(
             cfg.data, "train", imgsz=cfg.imgsz, batch=cfg.batch // d.world_size, augment=cfg.augment,
-            workers=cfg.workers, shuffle=True, seed=cfg.seed, rank=d.rank if d.enabled else -1,
+            workers=workers["train"], shuffle=True, seed=cfg.seed, rank=d.rank if d.enabled else -1,
             world_size=d.world_size, cache=cache, rect=False,
         )  # fmt: skip
         self.names = class_names(self.train_set.names)
@@ -124,7 +136,7 @@ class Trainer:
         if d.is_main:
             self.val_loader, self.val_set = build_dataloader(
                 cfg.data, cfg.val.split, imgsz=cfg.imgsz, batch=cfg.val.batch or cfg.batch * 2, augment=None,
-                workers=cfg.workers, shuffle=False, seed=cfg.seed, rank=-1, world_size=1, cache=cache, rect=True,
+                workers=workers["val"], shuffle=False, seed=cfg.seed, rank=-1, world_size=1, cache=cache, rect=True,
             )  # fmt: skip
             report_problems(self.val_set, cfg.val.split, self.run_dir)
 
@@ -136,7 +148,7 @@ class Trainer:
         else:
             model = initial_model(cfg.model, len(self.names))
         model.names = dict(enumerate(self.names))
-        model = model.to(self.device).train()
+        model = model_to_channels_last(model.to(self.device).train(), self.device)
         heads = model.heads()
         self.main_tag = next(t for t, h in heads.items() if h is model.main_head)
         self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
@@ -184,11 +196,11 @@ class Trainer:
 
     def restore_training_state(self, ckpt: dict) -> None:
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt.get("scaler") or {})
+        self.resume_skipped = restore_scaler(self.scaler, ckpt.get("scaler"))
         self.last_opt_step = int(ckpt["scheduler"]["last_opt_step"])
         self.start_epoch = int(ckpt["epoch"]) + 1
-        states = ckpt["rng"]
-        self.resume_rng = states[self.dist.rank] if len(states) == self.dist.world_size else states[0]
+        self.resume_rng, skipped = pick_rank_state(ckpt["rng"], self.dist.rank, self.dist.world_size)
+        self.resume_skipped += skipped
         if self.dist.is_main:
             LOGGER.info(f"resuming {self.cfg.resume} from epoch {self.start_epoch + 1} of {self.cfg.epochs}")
 
@@ -218,7 +230,9 @@ class Trainer:
             self.setup()
             self.emit("before_train")
             if self.resume_ckpt is not None:
-                set_rng_state(self.resume_rng)
+                skipped = self.resume_skipped + restore_rng(self.resume_rng)
+                if skipped and self.dist.is_main:
+                    LOGGER.warning("resuming on this machine skipped: " + "; ".join(skipped))
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 self.epoch = epoch
                 self.train_one_epoch()
@@ -272,7 +286,8 @@ class Trainer:
         with self.model.no_sync() if defer_sync else contextlib.nullcontext():
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 outputs = self.model(images)
-            loss, items = self.compute_loss(outputs, batch)
+            with across_ranks(self.dist.enabled):  # loss normalisers over the whole batch, as one process has it
+                loss, items = self.compute_loss(outputs, batch)
             # DDP averages gradients over ranks; the loss is per rank-batch, so scale back to the full batch
             self.scaler.scale(loss * self.dist.world_size).backward()
         self.emit("after_backward")
@@ -282,6 +297,8 @@ class Trainer:
         self.optimizer_stepped = will_step
         self.loss_sum += items
         self.loss_count += 1
+        if last_in_epoch:  # report the mean over ranks of each rank's epoch mean: what one process prints
+            self.loss_sum = mean_over_ranks(self.loss_sum / self.loss_count, self.dist) * self.loss_count
         self.instances = int(batch["cls"].shape[0])
 
     def accumulation(self, ni: int) -> int:
@@ -293,7 +310,7 @@ class Trainer:
     def to_device(self, batch: dict) -> tuple[Tensor, dict]:
         """uint8 images -> float 0..1 on the device; target tensors moved alongside."""
         nb = self.device.type == "cuda"
-        images = batch["img"].to(self.device, non_blocking=nb).float().div_(255)
+        images = to_channels_last(batch["img"].to(self.device, non_blocking=nb).float().div_(255), self.device)
         moved = {
             k: (v.to(self.device, non_blocking=nb) if isinstance(v, Tensor) and k != "img" else v)
             for k, v in batch.items()
@@ -479,19 +496,6 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuples(state["python"]))
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(x):
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def gather_rng_states(info: DistInfo) -> list[dict]:

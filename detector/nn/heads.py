@@ -59,7 +59,7 @@ class DFL(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, a = x.shape
-        x = x.view(b, 4, self.reg_max, a).softmax(2)
+        x = x.reshape(b, 4, self.reg_max, a).softmax(2)  # reshape: a channels_last input is not contiguous
         return torch.einsum("bkra,r->bka", x, self.project.to(x.dtype))
 
 
@@ -89,7 +89,7 @@ class BinnedHead(Head):
     def decode(self, maps: list[Tensor]) -> Tensor:
         """Raw per-level maps -> ``(B, 4 + nc, A)`` with xyxy pixel boxes and sigmoid scores."""
         b = maps[0].shape[0]
-        flat = torch.cat([m.view(b, self.no, -1) for m in maps], 2)  # (B, no, A)
+        flat = torch.cat([m.reshape(b, self.no, -1) for m in maps], 2)  # (B, no, A); maps may be channels_last
         dist, logits = flat.split((4 * self.bins, self.nc), 1)
         points, stride = self.anchors(maps)
         boxes = dist2bbox(self.dfl(dist), points.t().unsqueeze(0), dim=1) * stride.t()

@@ -35,7 +35,7 @@ def ska(x: Tensor, w: Tensor) -> Tensor:
     if k * k != taps or k % 2 == 0 or c % groups:
         raise ValueError(f"ska: need an odd square kernel and C % G == 0, got C={c}, G={groups}, taps={taps}")
     pad = k // 2
-    xp = F.pad(x, (pad, pad, pad, pad)).view(b, c // groups, groups, h + 2 * pad, wd + 2 * pad)
+    xp = F.pad(x, (pad, pad, pad, pad)).reshape(b, c // groups, groups, h + 2 * pad, wd + 2 * pad)  # any layout
     out = None
     for i in range(k):
         for j in range(k):
