@@ -263,7 +263,8 @@ def nccl_init(s: Smoke) -> str:
         dist.destroy_process_group()
         for k in ("RANK", "WORLD_SIZE"):
             os.environ.pop(k, None)
-    return f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, all_reduce on {dev}"
+    version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+    return f"NCCL {'.'.join(map(str, version)) if isinstance(version, tuple) else version}, all_reduce on {dev}"
 
 
 STEPS: list[tuple[str, Callable[[Smoke], str]]] = [
