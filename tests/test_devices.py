@@ -89,6 +89,31 @@ def test_every_surface_reads_devices_alike_without_a_gpu(no_gpu, tmp_path):
             select_device(device)
     _check(BenchmarkArgs(model="gelan-t", device="cpu"))
     assert Detector("gelan-t", device="").backend.device == torch.device("cpu")
+    from detector.export import export
+
+    with pytest.raises(DetectorError, match=NO_GPU):
+        export(tiny_model(), imgsz=64, half=True, device="cuda", out=tmp_path / "x.onnx")
+
+
+def test_exported_backend_passes_the_gpu_index_to_the_runner(monkeypatch, tmp_path):
+    import deploy
+    from detector.predict.backends import ExportedBackend
+
+    asked = []
+
+    def fake_load_runner(path, device="auto"):
+        asked.append(device)
+        raise DeployError("stop here")
+
+    monkeypatch.setattr(deploy, "load_runner", fake_load_runner)
+    for dev, want in (
+        (torch.device("cuda", 1), "cuda:1"),
+        (torch.device("cuda"), "cuda:0"),
+        (torch.device("cpu"), "cpu"),
+    ):
+        with pytest.raises(DetectorError, match="stop here"):
+            ExportedBackend(tmp_path / "m.onnx", dev)
+        assert asked[-1] == want
 
 
 def test_benchmark_accepts_a_gpu_index(two_gpus):
