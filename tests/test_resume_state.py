@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from detector.engine.resume_state import pick_rank_state, restore_rng, restore_scaler
-from detector.engine.trainer import rng_state
+from detector.engine.resume_state import pick_rank_state, restore_scaler
+from detector.engine.rng import rng_state
+from detector.engine.rng import set_rng_state as restore_rng
 
 
 def test_enabled_scaler_takes_an_empty_state_from_a_cpu_run():

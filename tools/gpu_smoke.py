@@ -111,7 +111,8 @@ def _train(s: Smoke, model: str) -> str:
 
     trainer = Trainer(train_config(s, model, model))
     result = trainer.train()
-    amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off"
+    parts = trainer.parts
+    amp = str(parts.amp_dtype).replace("torch.", "") if parts.amp_dtype else "off"
     weights = trainer.run_dir / "weights" / "best.pt"
     assert weights.is_file(), f"{weights} was not written"
     layout = next(p for p in trainer.model.parameters() if p.dim() == 4).is_contiguous(
@@ -121,7 +122,7 @@ def _train(s: Smoke, model: str) -> str:
     assert all(np.isfinite(v) for v in losses.values()), losses
     s.state[f"best:{model}"] = weights
     return (
-        f"AMP {amp}, channels_last {layout}, {trainer.device}; loss box {losses['box']:.3f}, "
+        f"AMP {amp}, channels_last {layout}, {parts.device}; loss box {losses['box']:.3f}, "
         f"mAP50 {result.stats['mAP50']:.3f}"
     )
 
@@ -155,7 +156,7 @@ def resume(s: Smoke) -> str:
     trainer = Trainer(cfg)
     trainer.train()
     assert trainer.start_epoch == 1 and trainer.epoch == epochs - 1, (trainer.start_epoch, trainer.epoch)
-    return f"resumed at epoch 2 of {epochs} and finished; scaler enabled {trainer.scaler.is_enabled()}"
+    return f"resumed at epoch 2 of {epochs} and finished; scaler enabled {trainer.parts.scaler.is_enabled()}"
 
 
 def validate(s: Smoke) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 from tqdm import tqdm
 
-from detector.config import ConfigError, load
+from detector.config import ConfigError, Range, load
 from detector.predict.detector import Detector
 from detector.predict.results import Results
 from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_count
@@ -42,6 +43,10 @@ class PredictConfig:
     out: str = ""  # engine=ray: output folder of Parquet / JSON-lines rows (default: the run directory)
     out_format: str = "parquet"  # engine=ray: parquet | jsonl
     address: str = ""  # engine=ray: a running Ray cluster to join (default: start a local one)
+
+    limits: ClassVar[dict[str, Range]] = {
+        "conf": Range(0, 1), "iou": Range(0, 1), "max_det": Range(1), "imgsz": Range(32), "batch": Range(1),
+    }  # fmt: skip
 
 
 def _expected_frames(source: str) -> int | None:
