@@ -191,3 +191,25 @@ def test_early_stopping_after_patience_epochs_without_improvement():
     t = FakeTrainer(epoch=100, reasons=[])
     EarlyStopping(SimpleNamespace(best_epoch=0), patience=0).after_epoch(t)
     assert t.reasons == []
+
+
+def test_copy_checkpoint_is_a_byte_copy_and_reports_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from detector.checkpoint import NoSpaceError, copy_checkpoint, load_checkpoint, save_checkpoint
+
+    save_checkpoint(
+        {"model": {"w": torch.arange(3.0)}, "model_yaml": {}, "names": [], "epoch": 4}, tmp_path / "last.pt"
+    )
+    copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 4
+
+    def full(src, dst, length=0):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(NoSpaceError, match="the previous best.pt is intact"):
+        copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary left

@@ -18,6 +18,7 @@ POSITIVE = Range(0, open_low=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 IMAGE_SIZE = Range(32)  # the largest model stride; smaller sizes leave no feature map
+WORKERS = Range(-1)  # -1 = from the machine (detector.data.loader.auto_workers)
 
 
 @dataclass
@@ -96,7 +97,7 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
 
     limits: ClassVar[dict[str, Range]] = {
-        "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE,
+        "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": WORKERS,
         "patience": NON_NEGATIVE, "save_period": NON_NEGATIVE,
     }  # fmt: skip
 
@@ -123,7 +124,7 @@ class ValRunConfig:
     exist_ok: bool = False
 
     limits: ClassVar[dict[str, Range]] = {
-        "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE, "conf": UNIT, "iou": UNIT,
+        "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": WORKERS, "conf": UNIT, "iou": UNIT,
         "max_det": AT_LEAST_ONE,
     }  # fmt: skip
 
