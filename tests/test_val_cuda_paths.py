@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from _engine_kit import NAMES, bccd_subset
 
-import detector.engine.postprocess as post
+import detector.ops.nms as post
 from detector.data import build_dataloader
 from detector.engine.settings import ValConfig
 from detector.engine.stage_timer import StageTimer

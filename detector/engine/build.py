@@ -158,6 +158,10 @@ def build_train_model(cfg: TrainConfig, names: list[str], device: torch.device, 
         model.load_state_dict(resume["train_model"])
     else:
         model = initial_model(cfg.model, len(names))
+        if cfg.weights:
+            from detector.convert.init_weights import load_weights
+
+            LOGGER.info(f"weights={cfg.weights}: {load_weights(model, cfg.weights).summary()}")
     model.names = dict(enumerate(names))
     return model_to_channels_last(model.to(device).train(), device)
 
