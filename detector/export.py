@@ -190,7 +190,6 @@ def export(
     opset = DEFAULT_OPSET if opset is None else int(opset)
     _check_args(format, nms, batch, opset)
     nms_cfg = export_nms(nms, conf, iou, max_det, multi_label, agnostic, classes)
-    _check_args(format, nms, batch, opset, conf, iou, max_det)
     if input_dtype not in INPUT_DTYPES:
         raise ConfigError(f"export: input_dtype={input_dtype!r}; choose one of {list(INPUT_DTYPES)}")
     model = load_deploy_model(model_or_ckpt)

@@ -7,6 +7,7 @@ import torch
 from _engine_kit import NAMES, bccd_subset
 
 import detector.ops.nms as post
+from deploy.contract import NMSConfig
 from detector.data import build_dataloader
 from detector.engine.settings import ValConfig
 from detector.engine.stage_timer import StageTimer
@@ -22,7 +23,7 @@ def test_nms_sees_fewer_candidates_than_torchvisions_per_class_loop_threshold(mo
     monkeypatch.setattr(post, "batched_nms", lambda b, s, c, iou: seen.append(len(b)) or real(b, s, c, iou))
     pred = torch.rand(1, 4 + 80, 8400)  # an untrained model at conf 0.001: 8400 anchors x 80 classes pass
     pred[:, 2:4] += pred[:, :2] + 1
-    post.non_max_suppression(pred, conf=0.001, multi_label=True)
+    post.non_max_suppression(pred, NMSConfig.val())
     assert seen == [post.MAX_CANDIDATES] and post.MAX_CANDIDATES < TORCHVISION_CUDA_LOOP_BOXES
 
 
