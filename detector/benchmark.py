@@ -38,16 +38,16 @@ class BackendUnavailable(Exception):
 class BenchmarkArgs:
     """``detector benchmark`` keys."""
 
-    model: str = ""
-    backends: list[str] = field(default_factory=lambda: list(ALL_BACKENDS))
-    batch: list[int] = field(default_factory=lambda: [1, 8, 32])
-    imgsz: int = 640
-    half: bool = False
-    device: str = "cpu"
-    runs: int = 20
-    warmup: int = 5
-    threads: int | None = None
-    out: str | None = None
+    model: str = ""  # .pt checkpoint, zoo name or model YAML
+    backends: list[str] = field(default_factory=lambda: list(ALL_BACKENDS))  # torch, torch-fused, onnx, engine
+    batch: list[int] = field(default_factory=lambda: [1, 8, 32])  # batch sizes to time
+    imgsz: int = 640  # square input size
+    half: bool = False  # fp16 (CUDA)
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    runs: int = 20  # timed forwards per (backend, batch); the median is reported
+    warmup: int = 5  # untimed forwards first
+    threads: int | None = None  # CPU threads of torch and ONNX Runtime (default: their own)
+    out: str | None = None  # CSV path (default runs/benchmark/NAME-IMGSZ-DEVICE-TIME.csv)
 
 
 @dataclass
@@ -237,21 +237,21 @@ def load_train_form(source: str) -> DetectionModel:
     return build_model(source).eval()
 
 
-def _as_yaml_list(item: str, keys: tuple[str, ...]) -> str:
-    """``batch=1,8,32`` -> ``batch=[1,8,32]`` so the typed loader reads numbers, not one string."""
-    key, _, value = item.partition("=")
-    if key in keys and "," in value and not value.lstrip().startswith("["):
-        return f"{key}=[{value}]"
-    return item
-
-
 def cli_benchmark(argv: list[str]) -> int:
     """``detector benchmark model=... [backends=torch,torch-fused,onnx,engine] [batch=1,8,32] [imgsz=640]
     [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [threads=N] [out=CSV]``; ``threads`` sets the CPU
     threads of torch and ONNX Runtime alike (default: their own)."""
-    from detector.config import load
+    from detector.cli_args import mode_args
 
-    args = load(BenchmarkArgs, overrides=[_as_yaml_list(a, ("backends", "batch")) for a in argv])
+    args = mode_args("benchmark", argv)
+    if args is None:
+        return 0
+    run_benchmark(args)
+    return 0
+
+
+def run_benchmark(args: BenchmarkArgs, verbose: bool = True) -> list[Row]:
+    """What ``detector benchmark`` does: check, time, write the CSV (``args.out`` or runs/benchmark/...), print."""
     _check(args)
     model = load_train_form(args.model)
     model_name = str(model.yaml.get("name", Path(args.model).stem))
@@ -261,9 +261,10 @@ def cli_benchmark(argv: list[str]) -> int:
         Path(args.out) if args.out else Path("runs/benchmark") / f"{model_name}-{args.imgsz}-{args.device}-{stamp}.csv"
     )
     write_csv(rows, out, args, model_name)
-    precision = "fp16" if args.half else "fp32"
-    threads = f", {args.threads} threads" if args.threads else ""
-    print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
-    print(format_table(rows))
-    print(f"\nsaved {out}")
-    return 0
+    if verbose:
+        precision = "fp16" if args.half else "fp32"
+        threads = f", {args.threads} threads" if args.threads else ""
+        print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
+        print(format_table(rows))
+        print(f"\nsaved {out}")
+    return rows

@@ -166,6 +166,7 @@ def export(
     classes: list[int] | None = None,
     device: str | None = None,
     input_dtype: str = "float32",
+    verbose: bool = True,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -180,7 +181,21 @@ def export(
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
     ``device``: where to trace (default: CUDA for ``half`` when present, else CPU; see ``detector.export_trace``).
     ``input_dtype``: "float32" (RGB 0..1) or "uint8" (raw pixels 0..255, normalised inside the graph).
+    ``verbose``: a progress bar over the stages (trace, simplify, NMS, check and save, engine build).
     """
+    from detector.progress import quiet, stages
+
+    steps = ["trace", *(["simplify"] * simplify), *(["nms"] * (nms != "none")), "check and save"]
+    steps += ["tensorrt engine"] * (format == "engine")
+    with quiet(not verbose), stages("export", steps) as stage:
+        return _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace,
+                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, device,
+                       input_dtype)  # fmt: skip
+
+
+def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf, iou,
+            max_det, out, dynamic_hw, multi_label, agnostic, classes, device, input_dtype) -> Path:  # fmt: skip
+    """The body of ``export``; ``stage(name)`` advances its progress bar."""
     import onnx
 
     from deploy.metadata import ModelMetadata
@@ -204,6 +219,7 @@ def export(
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = target if format == "onnx" else target.with_suffix(".onnx")
 
+    stage("trace")
     try:
         proto = torch_to_onnx(graph, sample, opset, dynamic, dynamic_hw)
     except Exception as e:  # noqa: BLE001 - report which model and opset failed, not a 40-frame trace
@@ -211,9 +227,12 @@ def export(
             f"export: torch.onnx could not export {model.yaml.get('name')} at opset {opset}: {e}"
         ) from e
     if simplify:
+        stage("simplify")
         proto = simplify_onnx(proto)
     if nms != "none":
+        stage("nms")
         add_nms(proto, nms, nms_cfg.conf, nms_cfg.iou, nms_cfg.max_det, opset)
+    stage("check and save")
     meta = ModelMetadata(
         names={int(i): str(n) for i, n in model.names.items()},
         strides=[float(s) for s in model.strides],
@@ -242,6 +261,7 @@ def export(
     LOG.info("wrote %s", onnx_path)
     if format == "onnx":
         return onnx_path
+    stage("tensorrt engine")
     return _build_engine(onnx_path, target, meta, half, workspace)
 
 
@@ -271,33 +291,36 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
 class ExportArgs:
     """``detector export`` keys (see ``export`` for their meaning)."""
 
-    model: str = ""
-    format: Literal["onnx", "engine"] = "onnx"
-    imgsz: int | list[int] = 640
-    batch: int = 1
-    dynamic: bool = False
-    dynamic_hw: bool = False
-    half: bool = False
-    simplify: bool = True
-    nms: Literal["none", "onnx", "trt"] = "none"
-    opset: int | None = None
-    workspace: float | None = 4.0
-    conf: float | None = None  # None: the prediction defaults (NMSConfig.predict)
-    iou: float | None = None
-    max_det: int | None = None
-    multi_label: bool | None = None
-    agnostic: bool | None = None
-    classes: list[int] | None = None
-    out: str | None = None
-    device: str = ""
-    input_dtype: Literal["float32", "uint8"] = "float32"
+    model: str = ""  # .pt checkpoint, zoo name or model YAML (fresh weights)
+    format: Literal["onnx", "engine"] = "onnx"  # engine = TensorRT (needs a GPU and tensorrt)
+    imgsz: int | list[int] = 640  # N or [H, W], multiples of the model stride
+    batch: int = 1  # static batch, or the largest batch of a dynamic engine
+    dynamic: bool = False  # variable batch
+    dynamic_hw: bool = False  # variable height/width too
+    half: bool = False  # fp16 weights and compute (float32 input/output)
+    simplify: bool = True  # onnxslim the graph
+    nms: Literal["none", "onnx", "trt"] = "none"  # NMS inside the graph: ONNX op or TensorRT plugin
+    opset: int | None = None  # ONNX opset (default 17)
+    workspace: float | None = 4.0  # TensorRT builder memory pool, GiB
+    conf: float | None = None  # in-graph NMS score threshold (None: the prediction defaults, NMSConfig.predict)
+    iou: float | None = None  # in-graph NMS IoU threshold
+    max_det: int | None = None  # in-graph NMS boxes per image
+    multi_label: bool | None = None  # in-graph NMS: a box may carry several classes
+    agnostic: bool | None = None  # in-graph NMS across classes
+    classes: list[int] | None = None  # keep only these class ids
+    out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
+    device: str = ""  # where to trace ("" = CUDA for half when present, else CPU)
+    input_dtype: Literal["float32", "uint8"] = "float32"  # uint8: raw pixels, normalised inside the graph
+    verbose: bool = True  # progress bar over the export stages
 
 
 def cli_export(argv: list[str]) -> int:
     """``detector export model=CKPT_OR_NAME format=onnx|engine [imgsz=640] [batch=1] [dynamic=True] ...``."""
-    from detector.config import load
+    from detector.cli_args import mode_args
 
-    args = load(ExportArgs, overrides=argv)
+    args = mode_args("export", argv)
+    if args is None:
+        return 0
     if not args.model:
         raise ConfigError("detector export: name a model, e.g. `detector export model=runs/train/exp/best.pt`")
     imgsz = args.imgsz if isinstance(args.imgsz, int) else tuple(args.imgsz)
@@ -325,6 +348,7 @@ def cli_export(argv: list[str]) -> int:
         classes=args.classes,
         device=args.device or None,
         input_dtype=args.input_dtype,
+        verbose=args.verbose,
     )
     print(f"exported {path}")
     return 0

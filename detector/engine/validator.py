@@ -24,6 +24,7 @@ from detector.errors import DetectorError
 from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
 from detector.ops.boxes import scale_boxes
 from detector.ops.nms import non_max_suppression
+from detector.progress import bar, quiet
 
 LOGGER = logging.getLogger("detector")
 TABLE_COLUMNS = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -130,7 +131,8 @@ class Validator:
         n_batches = n_images = 0
         timer = StageTimer(self.device)  # CUDA events on a GPU: the forward is not billed to a later stage
         non_blocking = self.device.type == "cuda"
-        for bi, batch in enumerate(self.loader):
+        batches = bar(self.loader, f"validating {self.cfg.split}", total=len(self.loader), unit="batch", leave=False)
+        for bi, batch in enumerate(batches):
             timer.mark()
             images = batch["img"].to(self.device, non_blocking=non_blocking).float().div_(255)
             images = to_channels_last(images, self.device)
@@ -257,7 +259,12 @@ def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> lis
 # -- detector val --------------------------------------------------------------------------------------------
 def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     """Evaluate checkpoint ``cfg.model`` on ``cfg.data`` (default: the data it was trained on); outputs go to
-    ``runs/val/NAME``."""
+    ``runs/val/NAME``; ``verbose=False`` hides the progress bars."""
+    with quiet(not cfg.verbose):
+        return _validate_checkpoint(cfg)
+
+
+def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
     from detector.data.labels import class_names
@@ -309,11 +316,9 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
 
 def cli_val(argv: list[str]) -> int:
     """``detector val model=CKPT [data=DATA] [split=val] [save_json=True] [imgsz=] [batch=] [conf=] [iou=]``."""
-    from detector.config import load
-    from detector.engine.settings import keys_help
+    from detector.cli_args import mode_args
 
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(keys_help(ValRunConfig(), "detector val model=CKPT [data=DATA] key=value ..."))
-        return 0
-    validate_checkpoint(load(ValRunConfig, [], argv))
+    cfg = mode_args("val", argv)
+    if cfg is not None:
+        validate_checkpoint(cfg)
     return 0
