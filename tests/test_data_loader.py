@@ -145,3 +145,16 @@ def test_image_broken_after_validation_is_replaced_and_reported(tmp_path, worker
     reports = [p for p in ds.problems if p["file"] == str(broken)]
     assert reports and "replaced by another image at load time" in reports[0]["problem"]
     assert Path(reports[0]["file"]).name == "img2.png"
+
+
+def test_worker_defaults_follow_the_device(monkeypatch):
+    from detector.data.loader import auto_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers(-1, "cuda", "train", cores=16) == 14  # a 16-core GPU machine: all but two cores
+    assert auto_workers(-1, "cuda", "val", cores=16) == 7  # validation: fewer
+    assert auto_workers(-1, "cpu", "train", cores=16) == 4 and auto_workers(-1, "cpu", "val", cores=16) == 2
+    assert auto_workers(-1, "cuda", "train", cores=2) == 1
+    assert auto_workers(6, "cuda", "train", cores=16) == 6 and auto_workers(6, "cpu", "train", cores=4) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes share the node's cores
+    assert auto_workers(-1, "cuda", "train", cores=34) == 8

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from detector.engine.build import TrainParts
+from detector.engine.memory_format import to_channels_last
+from detector.losses.rank_normalizer import across_ranks
 
 
 @dataclass
@@ -47,7 +49,8 @@ class TrainStep:
         with p.model.no_sync() if defer_sync else contextlib.nullcontext():  # type: ignore[operator]
             with torch.autocast(p.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
                 outputs = p.model(images)
-            loss, items = p.loss(outputs, batch)
+            with across_ranks(p.dist.enabled):  # loss normalisers over the whole batch, as one process has it
+                loss, items = p.loss(outputs, batch)
             # DDP averages gradients over ranks; the loss is per rank-batch, so scale back to the full batch
             p.scaler.scale(loss * p.dist.world_size).backward()
         self.after_backward()
@@ -84,7 +87,7 @@ class TrainStep:
 def to_device(batch: dict, device: torch.device) -> tuple[Tensor, dict]:
     """uint8 images -> float 0..1 on the device; target tensors moved alongside."""
     nb = device.type == "cuda"
-    images = batch["img"].to(device, non_blocking=nb).float().div_(255)
+    images = to_channels_last(batch["img"].to(device, non_blocking=nb).float().div_(255), device)
     moved = {
         k: (v.to(device, non_blocking=nb) if isinstance(v, Tensor) and k != "img" else v) for k, v in batch.items()
     }

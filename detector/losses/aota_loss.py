@@ -15,6 +15,7 @@ from detector.losses.dfl import dfl_targets, distribution_focal_loss
 from detector.losses.head_outputs import HeadOutputReader
 from detector.losses.loss_config import resolve_loss_config
 from detector.losses.quality_focal_loss import quality_focal_loss
+from detector.losses.rank_normalizer import normalizer
 from detector.losses.targets import pad_targets
 from detector.registry import LOSSES
 
@@ -62,11 +63,11 @@ class AlignedOTALoss:
             out.cls_logits.detach(), (pred_grid * out.strides).detach(), out.points_px, out.strides, gt
         )
         fg = assignment.fg_mask
-        num_pos = fg.sum().clamp(min=1).to(out.cls_logits.dtype)
+        num_pos = normalizer(fg.sum()).to(out.cls_logits.dtype)  # over every rank's share under DDP
         cls_loss = quality_focal_loss(out.cls_logits, assignment.target_scores, self.cfg.qfl_beta).sum() / num_pos
 
         weight = out.cls_logits.detach().sigmoid().amax(-1)[fg]  # (P,)
-        weight_sum = weight.sum().clamp(min=1.0)
+        weight_sum = normalizer(weight.sum())
         strides = out.strides.expand(b, -1, -1)[fg]
         target_grid = assignment.target_boxes[fg] / strides
         box_loss = ((1.0 - aligned_giou(pred_grid[fg], target_grid)) * weight).sum() / weight_sum

@@ -14,6 +14,7 @@ from detector.losses.box_iou import aligned_ciou
 from detector.losses.dfl import dfl_targets, distribution_focal_loss
 from detector.losses.head_outputs import HeadOutputReader
 from detector.losses.loss_config import resolve_loss_config
+from detector.losses.rank_normalizer import normalizer
 from detector.losses.targets import pad_targets
 from detector.losses.task_aligned_assigner import TaskAlignedAssigner
 from detector.registry import LOSSES
@@ -58,7 +59,7 @@ class TaskAlignedLoss:
             out.cls_logits.detach().sigmoid(), (pred_grid * out.strides).detach(), out.points_px, gt
         )
         target_scores = assignment.target_scores
-        score_sum = target_scores.sum().clamp(min=1.0)
+        score_sum = normalizer(target_scores.sum())  # max(sum, 1); over every rank's share under DDP
 
         cls_loss = F.binary_cross_entropy_with_logits(out.cls_logits, target_scores, reduction="sum") / score_sum
 
