@@ -7,7 +7,6 @@ stopping, results) is a ``Callback``. Under ``torchrun`` the same code runs DDP;
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -29,6 +28,7 @@ from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.optim import LRSchedule, build_optimizer, resolve_optimizer
 from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
 from detector.engine.settings import TrainConfig, keys_help
+from detector.engine.train_step import TrainStep, build_train_step
 from detector.errors import DetectorError
 from detector.model import DetectionModel, build_model, load_model_dict
 from detector.registry import LOSSES
@@ -93,6 +93,7 @@ class Trainer:
         self.build_optimisation()
         if self.resume_ckpt is not None:
             self.restore_training_state(self.resume_ckpt)
+        self.step = self.build_step()
         self.callbacks = self.default_callbacks() + self.user_callbacks
 
     def make_run_dir(self) -> Path:
@@ -151,7 +152,7 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             elif cfg.sync_bn and self.dist.is_main:
                 LOGGER.warning("sync_bn=True needs CUDA; each CPU process keeps its own BatchNorm statistics")
-            # every parameter gets a gradient every step (compute_loss ties all raw maps into the loss)
+            # every parameter gets a gradient every step (TrainStep.compute_loss ties all raw maps into the loss)
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -181,6 +182,14 @@ class Trainer:
                 f"optimizer: {self.opt.describe()}; accumulate {self.accumulate_nominal} x batch {cfg.batch} "
                 f"(nominal {cfg.optim.nbs}); warmup {self.warmup_iters} iterations; {amp}; device {self.device}"
             )
+
+    def build_step(self) -> TrainStep:
+        """The forward/loss/backward/optimiser step, eager or captured in CUDA graphs (``graph=True``)."""
+        return build_train_step(
+            self.model, self.heads, self.losses, self.optimizer, self.scaler, device=self.device,
+            amp_dtype=self.amp_dtype, clip_grad=self.cfg.optim.clip_grad, world_size=self.dist.world_size,
+            graph=self.cfg.graph, log=self.dist.is_main,
+        )  # fmt: skip
 
     def restore_training_state(self, ckpt: dict) -> None:
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -267,17 +276,11 @@ class Trainer:
         self.schedule.apply(self.optimizer, self.epoch, ni)
         self.accumulate = self.accumulation(ni)
         will_step = ni - self.last_opt_step >= self.accumulate or last_in_epoch
-        images, batch = self.to_device(batch)
         defer_sync = self.dist.enabled and not will_step
-        with self.model.no_sync() if defer_sync else contextlib.nullcontext():
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                outputs = self.model(images)
-            loss, items = self.compute_loss(outputs, batch)
-            # DDP averages gradients over ranks; the loss is per rank-batch, so scale back to the full batch
-            self.scaler.scale(loss * self.dist.world_size).backward()
+        items = self.step.forward_backward(batch, defer_sync)
         self.emit("after_backward")
         if will_step:
-            self.optimizer_step()
+            self.step.optimizer_phase()
             self.last_opt_step = ni
         self.optimizer_stepped = will_step
         self.loss_sum += items
@@ -289,41 +292,6 @@ class Trainer:
         if ni < self.warmup_iters:
             return max(1, round(float(np.interp(ni, [0, self.warmup_iters], [1, self.cfg.optim.nbs / self.cfg.batch]))))
         return self.accumulate_nominal
-
-    def to_device(self, batch: dict) -> tuple[Tensor, dict]:
-        """uint8 images -> float 0..1 on the device; target tensors moved alongside."""
-        nb = self.device.type == "cuda"
-        images = batch["img"].to(self.device, non_blocking=nb).float().div_(255)
-        moved = {
-            k: (v.to(self.device, non_blocking=nb) if isinstance(v, Tensor) and k != "img" else v)
-            for k, v in batch.items()
-        }
-        return images, moved
-
-    def compute_loss(self, outputs: dict[str, list[Tensor]], batch: dict) -> tuple[Tensor, Tensor]:
-        """Sum over heads of ``head.loss_weight * loss``, in float32 (outside autocast).
-
-        Returns the total loss (scaled by batch size, as the losses return it) and every head's detached parts.
-        """
-        total: Tensor | float = 0.0
-        parts = []
-        for tag, head in self.heads.items():
-            maps = [m.float() for m in outputs[tag]]
-            loss, items = self.losses[tag](maps, batch)
-            # ties every output map into the graph: with no foreground in a batch the box branch would get no
-            # gradient, which DDP (find_unused_parameters=False) treats as an error
-            anchor = sum(m.sum() for m in maps) * 0.0
-            total = total + head.loss_weight * loss + anchor
-            parts.append(items.detach().to(self.device, torch.float32))
-        return total, torch.cat(parts)  # type: ignore[return-value]
-
-    def optimizer_step(self) -> None:
-        self.scaler.unscale_(self.optimizer)
-        if self.cfg.optim.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.cfg.optim.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
 
     # -- helpers for callbacks -------------------------------------------------------------------------------
     def epoch_loss_mean(self) -> Tensor:
