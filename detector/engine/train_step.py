@@ -192,7 +192,8 @@ class CapturedTrainStep(TrainStep):
         fixed ``.grad`` buffers; returns the detached loss parts. The body of the forward/backward graph."""
         images = images_u8.float().div(255)
         loss, items = self.forward_loss(images, {"targets": targets})
-        grads = torch.autograd.grad(self.scaler.scale(loss * self.world_size), self.params, allow_unused=True)
+        # unscaled and single-process: graph_unavailable() keeps fp16 GradScaler and DDP runs eager
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         used = [(buf, g) for buf, g in zip(self.grads, grads) if g is not None]
         torch._foreach_add_([b for b, _ in used], [g for _, g in used])
         return items
