@@ -31,6 +31,7 @@ from detector.engine.settings import TrainConfig, keys_help
 from detector.engine.train_step import TrainStep, build_train_step
 from detector.errors import DetectorError
 from detector.model import DetectionModel, build_model, load_model_dict
+from detector.nn.conv import use_fused_bn
 from detector.registry import LOSSES
 
 LOGGER = logging.getLogger("detector")
@@ -138,6 +139,7 @@ class Trainer:
             model = initial_model(cfg.model, len(self.names))
         model.names = dict(enumerate(self.names))
         model = model.to(self.device).train()
+        use_fused_bn(model, cfg.fused_bn)
         heads = model.heads()
         self.main_tag = next(t for t, h in heads.items() if h is model.main_head)
         self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
