@@ -2,7 +2,9 @@
 
 On CUDA these synchronise: reading a value back (``.item()``, ``int(t)``, ``bool(t)``, ``.tolist()``), boolean-mask
 reads and writes (their output size depends on the data), ``nonzero``, ``masked_select``, ``bincount``,
-``unique`` and ``repeat_interleave`` without an output size. The counter sees every op dispatched while it is
+``unique`` and ``repeat_interleave`` without an output size; and a tensor made from Python data
+(``torch.tensor([...])``, ``x.new_tensor([...])``), whose copy to the device is a blocking host-to-device
+transfer that CUDA-graph capture refuses (0-dim Python scalars travel as kernel arguments and do not count). The counter sees every op dispatched while it is
 active, on any device, so a CPU run already tells how many synchronisations the same code would force on a GPU.
 One blind spot: ``.tolist()`` of a CPU tensor reads memory without dispatching an op (on CUDA it dispatches a
 copy to the host first), so code under test should not call it on tensors that would live on the device.
@@ -46,6 +48,8 @@ def sync_kind(func, args: tuple, kwargs: dict) -> str | None:
         return f"{name} (boolean mask)"
     if name == "aten.repeat_interleave" and kwargs.get("output_size") is None and len(args) < 3:
         return name
+    if name == "aten.lift_fresh" and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+        return "aten.lift_fresh (host data)"
     return None
 
 

@@ -54,7 +54,8 @@ def foreground_box_pairs(assignment: Assignment, out: HeadOutputs, pred_grid: Te
     and a NaN times zero is not zero).
     """
     fg = assignment.fg_mask[..., None]
-    unit = pred_grid.new_tensor([0.0, 0.0, 1.0, 1.0])
+    unit = pred_grid.new_zeros(4)  # (0, 0, 1, 1), built on the device: no host data to copy (capture-safe)
+    unit[2:] = 1.0
     target = assignment.target_boxes / out.strides
     return torch.where(fg, pred_grid, unit), torch.where(fg, target, unit)
 
