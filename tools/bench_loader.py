@@ -4,6 +4,7 @@
     python tools/bench_loader.py --workers 0 --cache ram
     python tools/bench_loader.py --compare-albumentations   # augmentation alone, ours vs albumentations 2.x
     python tools/bench_loader.py --compare-ultralytics      # ours vs Ultralytics' loader, same data, one run
+    python tools/bench_loader.py --cpu-per-sample           # CPU ms one process spends per sample (+ collate)
 
 ``--compare-ultralytics`` needs ``ultralytics`` importable next to this project (it is not a dependency); it
 writes a YOLO-format copy of the split (image symlinks, txt labels) to a temporary folder, then alternates
@@ -181,6 +182,16 @@ def compare_ultralytics(args: argparse.Namespace, rounds: int = 3) -> dict:
     }  # fmt: skip
 
 
+def cpu_per_sample(args: argparse.Namespace) -> dict:
+    """CPU milliseconds per training sample (decode, augment, collate) in this process, no workers."""
+    from detector.data.collate import collate
+
+    aug = AugmentConfig(mosaic=0.0 if args.no_mosaic else 1.0, mixup=args.mixup)
+    _, ds = build_dataloader(args.data, args.split, imgsz=args.imgsz, batch=args.batch, augment=aug, workers=0)
+    ds.set_epoch(0, 1000)
+    return {"cpu_ms_per_sample_one_process": round(_cpu_per_sample(ds, collate) * 1000, 2), "imgsz": args.imgsz}
+
+
 def _cycle(loader, dataset):
     epoch = 0
     while True:
@@ -190,20 +201,29 @@ def _cycle(loader, dataset):
             dataset.set_epoch(epoch)
 
 
-def _cpu_per_sample(dataset, collate_fn, n: int = 64, batch: int = 16) -> float:
-    """CPU seconds per sample of ``dataset[i]`` + collate in this process (best of 2 passes; OpenCV 1 thread)."""
+def _cpu_per_sample(dataset, collate_fn, n: int = 64, batch: int = 16, warmup: int = 32) -> float:
+    """CPU seconds per sample of ``dataset[i]`` + collate in this process (OpenCV on 1 thread): the median of 3
+    passes over fresh indices after ``warmup`` samples, so stores of recent decodes are in their steady state."""
+    import statistics
+
     import cv2
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    best = float("inf")
-    for _ in range(2):
+    start = 0
+
+    def one_pass(count: int) -> float:
+        nonlocal start
         t0 = time.process_time()
-        for k in range(0, n, batch):
-            collate_fn([dataset[i] for i in range(k, k + batch)])
-        best = min(best, (time.process_time() - t0) / n)
+        for k in range(start, start + count, batch):
+            collate_fn([dataset[i % len(dataset)] for i in range(k, k + batch)])
+        start += count
+        return (time.process_time() - t0) / count
+
+    one_pass(warmup)
+    result = statistics.median(one_pass(n) for _ in range(3))
     cv2.setNumThreads(threads)
-    return best
+    return result
 
 
 def main() -> None:
@@ -220,8 +240,11 @@ def main() -> None:
     p.add_argument("--mixup", type=float, default=0.0)
     p.add_argument("--compare-albumentations", action="store_true")
     p.add_argument("--compare-ultralytics", action="store_true")
+    p.add_argument("--cpu-per-sample", action="store_true", help="less sensitive to a busy machine than images/s")
     args = p.parse_args()
-    if args.compare_ultralytics:
+    if args.cpu_per_sample:
+        result = cpu_per_sample(args)
+    elif args.compare_ultralytics:
         result = compare_ultralytics(args)
     else:
         result = compare_albumentations(args) if args.compare_albumentations else bench_loader(args)
