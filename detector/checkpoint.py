@@ -3,15 +3,17 @@
 A checkpoint is a plain dict of tensors and Python primitives (loadable with ``weights_only=True``):
 
 ``model`` (state dict of the EMA weights, train form), ``model_yaml`` (the resolved model dict, with ``nc``),
-``names`` (list of class names), ``config`` (resolved run config as a dict), ``epoch``, ``best_fitness``,
+``names`` (list of class names), ``config`` (resolved run config as a dict), ``epoch``,
 ``optimizer``, ``scheduler`` (``{last_opt_step, warmup_iters}``), ``scaler``, ``ema`` (``{"updates": int}``),
-``train_model`` (the raw, non-EMA weights, for exact resume), ``rng`` (one RNG state per rank), ``metrics``,
-``best_epoch``, ``finished`` (why the run ended; optimiser state is then dropped), ``version`` and ``deploy``
-(True when ``model`` holds the fused deploy form).
+``train_model`` (the raw, non-EMA weights, for exact resume), ``rng`` (one RNG state per rank),
+``callbacks`` (each trainer callback's own ``state_dict`` by name: ``Evaluator`` keeps ``best_fitness``,
+``best_epoch`` and the epoch's ``metrics``, ``ResultsLogger`` its row count), ``finished`` (why the run ended;
+optimiser state is then dropped), ``version`` and ``deploy`` (True when ``model`` holds the fused deploy form).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +24,11 @@ import torch
 from detector.errors import DetectorError
 
 REQUIRED_KEYS = ("model", "model_yaml", "names")
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(DetectorError):
+    """A checkpoint did not fit on its disk; the file it would have replaced is untouched."""
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
@@ -35,9 +42,32 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _no_space(e):
+            kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+            raise NoSpaceError(f"no space left on {path.parent}; {kept}") from None
         raise
+
+
+def _no_space(e: BaseException) -> bool:
+    """An OSError for a full disk or quota, also when torch wraps it in a RuntimeError of its own."""
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+        return True
+    cause = e.__cause__ or e.__context__
+    return isinstance(e, RuntimeError) and (cause is not None and _no_space(cause) or "No space left" in str(e))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete ``*.tmp`` files of ``save_checkpoint`` writes that were cut off (killed process, full disk).
+
+    Call only while holding the run's lock, when no other process can be writing there. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = sorted(folder.glob("*.pt.*.tmp")) if folder.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

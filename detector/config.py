@@ -1,7 +1,9 @@
 """Typed configuration: YAML files merged in order, then ``key=value`` overrides, checked against dataclasses.
 
 Every problem (missing file, bad YAML, unknown key, wrong type) raises ``ConfigError`` with one message that
-names the file, the key and, for unknown keys, the closest valid key.
+names the file, the key and, for unknown keys, the closest valid key. A schema declares the allowed range of
+its numeric keys in a ``limits: ClassVar[dict[str, Range]]`` mapping; ``build`` (and ``check_limits`` for a
+config built in Python) reports every value outside its range at once, one line per key.
 """
 
 from __future__ import annotations
@@ -23,6 +25,56 @@ T = TypeVar("T")
 
 class ConfigError(DetectorError, ValueError):
     """A configuration problem, with a message meant for the user (no traceback needed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``low <= v <= high``; ``open_low`` / ``open_high`` exclude the bound.
+    ``None`` (where the key allows it) is always allowed."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def allows(self, v: float) -> bool:
+        if self.low is not None and (v <= self.low if self.open_low else v < self.low):
+            return False
+        return not (self.high is not None and (v >= self.high if self.open_high else v > self.high))
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        return f"{'<' if self.open_high else '<='} {self.high:g}"
+
+
+def limit_problems(cfg: Any, prefix: str = "") -> list[str]:
+    """``"key 'val.conf' = 5 must be in [0, 1]"`` for every value of dataclass ``cfg`` (recursively) outside the
+    ``Range`` its schema declares in ``limits``."""
+    out: list[str] = []
+    limits = getattr(type(cfg), "limits", {}) or {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += limit_problems(value, f"{prefix}{f.name}.")
+            continue
+        rule = limits.get(f.name)
+        if rule is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not rule.allows(value):
+            out.append(f"key {prefix + f.name!r} = {value!r} must be {rule.describe()}")
+    return out
+
+
+def check_limits(cfg: Any, where: str = "config") -> None:
+    """Raise one ``ConfigError`` listing every out-of-range value of ``cfg`` (one line per key), if any."""
+    problems = limit_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(f"{where}: {problems[0]}")
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} values out of range:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -104,7 +156,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return build(tp, value, where)
+        return build(tp, value, where, check=False)  # the top-level build checks ranges once, for every key
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -130,8 +182,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build(schema: type[T], data: dict, where: str = "config") -> T:
-    """Instantiate dataclass ``schema`` from ``data``, checking every key and type recursively.
+def build(schema: type[T], data: dict, where: str = "config", check: bool = True) -> T:
+    """Instantiate dataclass ``schema`` from ``data``, checking every key and type recursively, then (``check``)
+    every value against the schema's ``limits``.
 
     ``where`` prefixes error messages (a file name, or ``file: section``).
     """
@@ -145,9 +198,12 @@ def build(schema: type[T], data: dict, where: str = "config") -> T:
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{where}: key {key!r}")
     try:
-        return schema(**kwargs)
+        out = schema(**kwargs)
     except TypeError as e:  # a required field without default
         raise ConfigError(f"{where}: {e}") from None
+    if check:
+        check_limits(out, where)
+    return out
 
 
 def load(schema: type[T], files: Iterable[str | Path] = (), overrides: Iterable[str] | dict = ()) -> T:

@@ -407,9 +407,20 @@ class ConfusionMatrix:
         self.matrix = np.zeros((nc + 1, nc + 1), np.int64)
 
     def update(self, detections: ImageDetections, truth: ImageGroundTruth) -> None:
+        """Ignore regions (crowd / difficult) count neither as missed, nor, when a detection covers one and no
+        real box, as a false positive."""
         keep = detections.scores >= self.conf
         det_boxes, det_cls = detections.boxes[keep], detections.classes[keep]
-        gt_boxes, gt_cls = truth.boxes, truth.classes
+        regular = ~(truth.ignore | truth.iscrowd)
+        gt_boxes, gt_cls = truth.boxes[regular], truth.classes[regular]
+        if (~regular).any() and len(det_boxes):
+            on_region = coco_box_iou(det_boxes, truth.boxes[~regular], truth.iscrowd[~regular]).max(1) > self.iou
+            near_real = (
+                coco_box_iou(det_boxes, gt_boxes, np.zeros(len(gt_boxes), bool)).max(1) > self.iou
+                if len(gt_boxes)
+                else np.zeros(len(det_boxes), bool)
+            )
+            det_boxes, det_cls = det_boxes[~on_region | near_real], det_cls[~on_region | near_real]
         bg = self.nc
         if len(gt_boxes) == 0 or len(det_boxes) == 0:
             np.add.at(self.matrix, (det_cls, np.full(len(det_cls), bg)), 1)

@@ -15,9 +15,10 @@ from tiny_models import tiny_detector
 
 import detector.losses  # noqa: F401  (registers the losses)
 from detector.engine.host_syncs import HostSyncCounter
-from detector.engine.train_step import CapturedTrainStep, TrainStep, build_train_step
+from detector.engine.settings import TrainConfig
+from detector.engine.step import TrainStep, host_targets
+from detector.engine.train_step import CapturedTrainStep, make_train_step, standalone_parts
 from detector.model import build_model
-from detector.registry import LOSSES
 
 NC = 3
 SIZE = 64
@@ -43,18 +44,14 @@ MODELS = {"tal": tiny_detector, "aota": zerohead_detector, "pgi": pgi_detector}
 def make_step(kind: str, optimizer: str = "SGD", cls=TrainStep, **kwargs) -> TrainStep:
     torch.manual_seed(0)
     model = build_model(MODELS[kind](), nc=NC).train()
-    heads = model.heads()
-    main = next(t for t, h in heads.items() if h is model.main_head)
-    heads = dict(sorted(heads.items(), key=lambda th: th[0] != main))
-    losses = {tag: LOSSES.get(h.loss)(h) for tag, h in heads.items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "SGD":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True)
-    else:
+    cfg = TrainConfig(batch=2, amp=False)
+    cfg.optim.lr0 = 0.01 if optimizer == "SGD" else 0.001
+    parts = standalone_parts(model, cfg, torch.device("cpu"), optimizer)
+    if optimizer == "AdamW":
         # fused: on CPU the capturable (device step count) variant is refused; fused keeps it off the host too
-        opt = torch.optim.AdamW(params, lr=0.001, fused=True)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return cls(model, heads, losses, opt, scaler, device=torch.device("cpu"), clip_grad=10.0, **kwargs)
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in parts.optimizer.param_groups]
+        parts.optimizer = torch.optim.AdamW(groups, lr=0.001, fused=True)
+    return cls(parts, **kwargs)
 
 
 def make_batch(seed: int, batch_size: int = 2, size: int = SIZE, boxes_per_image: int = 3) -> dict:
@@ -75,7 +72,7 @@ def test_forward_loss_backward_and_clip_compile_as_one_graph(kind):
     step = make_step(kind, cls=CapturedTrainStep, capture=RerunCapture())
     batch = make_batch(0)
     images = batch["img"]
-    targets = step.host_targets(batch, 32)
+    targets = host_targets(batch, NC, 32)
 
     def body(images, targets):
         items = step.accumulate(images, targets)
@@ -96,11 +93,11 @@ def test_whole_step_forces_no_host_sync(kind, optimizer):
     step = make_step(kind, optimizer, cls=CapturedTrainStep, capture=RerunCapture(), warmup_steps=0)
     batch = make_batch(1)
     step.forward_backward(batch)
-    step.optimizer_phase()  # first optimiser step: state allocated eagerly
-    images, targets = batch["img"], step.host_targets(batch, 32)
+    step.optimizer_step()  # first optimiser step: state allocated eagerly
+    images, targets = batch["img"], host_targets(batch, NC, 32)
     with HostSyncCounter() as counter:
         step.accumulate(images, targets)
-        step._optimizer_body()
+        step.optimizer_body()
     assert counter.total == 0, counter.by_op
 
 
@@ -122,11 +119,11 @@ class RerunCapture:
 def run_steps(step: TrainStep, batches: list[dict], accumulate: int, lrs: list[float]) -> list[torch.Tensor]:
     items = []
     for i, batch in enumerate(batches):
-        for g in step.optimizer.param_groups:
+        for g in step.parts.optimizer.param_groups:
             g["lr"] = lrs[i]
         items.append(step.forward_backward(batch).clone())
         if (i + 1) % accumulate == 0:
-            step.optimizer_phase()
+            step.optimizer_step()
     return items
 
 
@@ -144,8 +141,9 @@ def test_captured_step_trains_like_the_eager_step(kind, optimizer, caplog):
         got = run_steps(graphed, batches, 2, lrs)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
-    for pe, pg in zip(eager.model.state_dict().values(), graphed.model.state_dict().values()):
-        torch.testing.assert_close(pg, pe, rtol=1e-5, atol=1e-6)
+    for a, b in ((eager.parts.model, graphed.parts.model), (eager.parts.ema.ema, graphed.parts.ema.ema)):
+        for pe, pg in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(pg, pe, rtol=1e-5, atol=1e-6)
     log = caplog.text
     assert "captured forward/backward for images (2, 3, 64, 64), up to 32 boxes/image" in log
     assert "more boxes than the capacity; captured forward/backward for images (2, 3, 64, 64), up to 64" in log
@@ -156,11 +154,9 @@ def test_captured_step_trains_like_the_eager_step(kind, optimizer, caplog):
 
 def test_graph_on_cpu_falls_back_with_one_line(caplog):
     step = make_step("tal")
+    step.parts.cfg.graph = True
     with caplog.at_level(logging.INFO, logger="detector"):
-        built = build_train_step(
-            step.model, step.heads, step.losses, step.optimizer, step.scaler, device=torch.device("cpu"),
-            amp_dtype=None, clip_grad=10.0, graph=True,
-        )  # fmt: skip
+        built = make_train_step(step.parts)
     assert type(built) is TrainStep
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["graph=True: training eagerly instead: CUDA graphs need a CUDA device, this run trains on cpu"]

@@ -134,8 +134,8 @@ def test_config_defaults_and_validation():
         1.0,
     )
     assert (cfg.mixup, cfg.close_mosaic, cfg.degrees, cfg.flipud) == (0.0, 15, 0.0, 0.0)
-    with pytest.raises(ConfigError, match="fliplr must be 0..1"):
-        AugmentConfig(fliplr=1.5)
+    with pytest.raises(ConfigError, match=r"augment: key 'fliplr' = 1.5 must be in \[0, 1\]"):
+        TrainAugment(AugmentConfig(fliplr=1.5), 64)
     assert build(AugmentConfig, {"scale": 0.9, "mixup": 0.15}).scale == 0.9
 
 

@@ -69,8 +69,10 @@ def test_coco_keeps_ids_and_maps_categories(tmp_path):
     assert ls.format == "coco" and ls.names == ["cat", "dog"] and ls.category_ids == [3, 7]
     a, b = ls.images
     assert (a.image_id, b.image_id) == (1000, 1007)
-    assert a.cls.tolist() == [1, 0]  # crowd annotation skipped
+    assert a.cls.tolist() == [1, 0]  # the crowd annotation is no training box ...
     np.testing.assert_allclose(a.boxes, [[10, 10, 30, 40], [40, 5, 50, 15]])
+    np.testing.assert_allclose(a.ignore_boxes, [[0, 0, 80, 60]])  # ... but an ignore region for the evaluator
+    assert a.ignore_cls.tolist() == [1] and a.ignore_crowd.tolist() == [True] and len(b.ignore_boxes) == 0
     assert len(b.cls) == 0 and b.shape == (50, 50)
 
 

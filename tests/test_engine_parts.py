@@ -121,16 +121,22 @@ def test_csv_rows_grow_columns(tmp_path):
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
+    """EarlyStopping reads the evaluator it was given and asks the trainer to stop; it writes nothing onto it."""
     from types import SimpleNamespace
 
     from detector.engine.callbacks import EarlyStopping
 
-    t = SimpleNamespace(cfg=SimpleNamespace(patience=3), best_epoch=4, epoch=6, stop=False, finish_reason="")
-    EarlyStopping().after_epoch(t)
-    assert not t.stop
+    class FakeTrainer(SimpleNamespace):
+        def request_stop(self, reason: str) -> None:
+            self.reasons.append(reason)
+
+    evaluator = SimpleNamespace(best_epoch=4)
+    t = FakeTrainer(epoch=6, reasons=[])
+    EarlyStopping(evaluator, patience=3).after_epoch(t)
+    assert t.reasons == []
     t.epoch = 7
-    EarlyStopping().after_epoch(t)
-    assert t.stop and "no improvement for 3 epochs (best epoch 5)" in t.finish_reason
-    t = SimpleNamespace(cfg=SimpleNamespace(patience=0), best_epoch=0, epoch=100, stop=False, finish_reason="")
-    EarlyStopping().after_epoch(t)
-    assert not t.stop
+    EarlyStopping(evaluator, patience=3).after_epoch(t)
+    assert len(t.reasons) == 1 and "no improvement for 3 epochs (best epoch 5)" in t.reasons[0]
+    t = FakeTrainer(epoch=100, reasons=[])
+    EarlyStopping(SimpleNamespace(best_epoch=0), patience=0).after_epoch(t)
+    assert t.reasons == []

@@ -13,7 +13,7 @@ from _engine_kit import bccd_subset, single_thread, tiny_config
 
 from detector.checkpoint import load_checkpoint, model_from_checkpoint
 from detector.config import ConfigError, load
-from detector.engine.callbacks import Callback
+from detector.engine.callbacks import Callback, Evaluator
 from detector.engine.settings import OptimConfig, TrainConfig, ValConfig
 from detector.engine.trainer import Trainer, cli_train, parse_train_args
 from detector.engine.validator import cli_val
@@ -53,10 +53,10 @@ class StopWhenLearned(Callback):
         self.reached_at: int | None = None
 
     def after_epoch(self, trainer) -> None:
-        if trainer.metrics and trainer.metrics["mAP50"] >= self.target:
+        metrics = trainer.callback(Evaluator).metrics  # the evaluator owns them; this epoch's, or {} if skipped
+        if metrics and metrics["mAP50"] >= self.target:
             self.reached_at = trainer.epoch + 1
-            trainer.stop = True
-            trainer.finish_reason = f"reached mAP50 {trainer.metrics['mAP50']:.3f}"
+            trainer.request_stop(f"reached mAP50 {metrics['mAP50']:.3f}")
 
 
 def test_overfits_a_handful_of_bccd_images(tmp_path, data4):
@@ -114,8 +114,11 @@ def test_resume_continues_exactly(tmp_path, data4):
 
 def test_checkpoint_loads_weights_only_and_rebuilds(trained):
     ckpt = torch.load(trained / "weights" / "last.pt", map_location="cpu", weights_only=True)
-    for key in ("model", "model_yaml", "names", "config", "epoch", "ema", "rng", "version", "best_fitness"):
+    for key in ("model", "model_yaml", "names", "config", "epoch", "ema", "rng", "version", "callbacks"):
         assert key in ckpt, key
+    evaluator = ckpt["callbacks"]["Evaluator"]
+    assert evaluator["best_epoch"] in (0, 1) and 0.0 <= evaluator["best_fitness"] <= 1.0
+    assert ckpt["callbacks"]["ResultsLogger"] == {"rows": 2}
     assert ckpt["names"] == ["Platelets", "RBC", "WBC"] and ckpt["model_yaml"]["nc"] == 3
     assert ckpt["finished"] == "completed 2 epochs" and "optimizer" not in ckpt  # stripped once finished
     rng = ckpt["rng"][0]
@@ -131,7 +134,9 @@ def test_run_outputs(trained):
                  "PR_curve.png", "val_batch0_labels.jpg", "val_batch0_pred.jpg", "train.log"):  # fmt: skip
         assert (trained / name).is_file(), name
     header, *rows = (trained / "results.csv").read_text().splitlines()
-    assert header == "epoch,train/box,train/cls,train/dfl,val/box,val/cls,val/dfl,P,R,mAP50,mAP50-95,lr"
+    assert header == (
+        "epoch,train/box,train/cls,train/dfl,val/box,val/cls,val/dfl,P,R,mAP50,mAP50-95,lr/norm,lr/weight,lr/bias"
+    )
     assert [r.split(",")[0] for r in rows] == ["1", "2"]
     val_losses = [float(v) for v in rows[-1].split(",")[4:7]]
     assert all(math.isfinite(v) and v > 0 for v in val_losses)
@@ -174,6 +179,10 @@ def test_val_cli_writes_coco_json(trained, tmp_path):
     assert len(metrics["stats"]) == 12 and set(metrics["stats"]) >= {"mAP50-95", "mAP50", "mAP75", "AR100"}
     assert [r["class"] for r in metrics["per_class"]] == ["Platelets", "RBC", "WBC"]
     assert metrics["images"] == 4 and metrics["instances"] == 71
+    cross = metrics["faster_coco_eval"]  # the same numbers by faster-coco-eval, from the saved JSON files
+    assert cross["agrees"] and cross["max_abs_diff"] <= 1e-3 and set(cross["stats"]) == set(metrics["stats"])
+    gt = json.loads((out / "ground_truth.json").read_text())
+    assert len(gt["images"]) == 4 and len(gt["annotations"]) == 71
     assert preds and {p["image_id"] for p in preds} <= {"BloodImage_00001", "BloodImage_00003", "BloodImage_00004",
                                                         "BloodImage_00005"}  # fmt: skip
     p = preds[0]

@@ -28,14 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import detector.losses  # noqa: E402, F401  (registers the losses)
-from detector.engine.optim import build_optimizer, resolve_optimizer  # noqa: E402
-from detector.engine.settings import OptimConfig  # noqa: E402
-from detector.engine.train_step import TrainStep, build_train_step  # noqa: E402
-from detector.engine.trainer import amp_dtype  # noqa: E402
+from detector.engine.settings import TrainConfig  # noqa: E402
+from detector.engine.step import TrainStep  # noqa: E402
+from detector.engine.train_step import CapturedTrainStep, make_train_step, standalone_parts  # noqa: E402
 from detector.model import build_model  # noqa: E402
 from detector.nn.conv import use_fused_bn  # noqa: E402
-from detector.registry import LOSSES  # noqa: E402
 
 VARIANTS = {
     "eager": (False, False),
@@ -65,17 +62,8 @@ def make_step(model_name: str, batch: int, device: torch.device, graph: bool, fu
     use_fused_bn(model, fused_bn)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    heads = model.heads()
-    main = next(t for t, h in heads.items() if h is model.main_head)
-    heads = dict(sorted(heads.items(), key=lambda th: th[0] != main))
-    losses = {tag: LOSSES.get(h.loss)(h) for tag, h in heads.items()}
-    opt = resolve_optimizer(OptimConfig(optimizer="SGD"), 100_000, batch, 1)
-    optimizer = build_optimizer(model, opt)
-    dtype = amp_dtype(device, amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return build_train_step(
-        model, heads, losses, optimizer, scaler, device=device, amp_dtype=dtype, clip_grad=10.0, graph=graph
-    )
+    cfg = TrainConfig(batch=batch, amp=amp, graph=graph, fused_bn=fused_bn)
+    return make_train_step(standalone_parts(model, cfg, device, "SGD"))
 
 
 def sync(device: torch.device) -> None:
@@ -92,7 +80,7 @@ def gpu_busy_ms(step: TrainStep, batch: dict, device: torch.device, steps: int =
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step.forward_backward(batch)
-            step.optimizer_phase()
+            step.optimizer_step()
         sync(device)
     total_us = sum(e.self_device_time_total for e in prof.key_averages())
     return total_us / 1000 / steps
@@ -109,7 +97,7 @@ def bench_variant(args, model_name: str, batch: int, variant: str, device: torch
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         items = step.forward_backward(data)
-        step.optimizer_phase()
+        step.optimizer_step()
         sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
@@ -120,7 +108,7 @@ def bench_variant(args, model_name: str, batch: int, variant: str, device: torch
         "model": model_name,
         "batch": batch,
         "variant": variant,
-        "mode": step.mode,
+        "mode": "graph" if isinstance(step, CapturedTrainStep) else "eager",
         "step_ms": median * 1000,
         "gpu_busy_ms": busy,
         "images_per_s": batch / median,

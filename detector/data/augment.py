@@ -17,12 +17,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import albumentations as A
 import cv2
 import numpy as np
 
-from detector.config import ConfigError
+from detector.config import Range, check_limits
 from detector.data.geometry import warp, warp_matrix
 from detector.data.letterbox import letterbox
 from detector.data.mosaic import mixup, mosaic4
@@ -62,13 +63,12 @@ class AugmentConfig:
     min_box_size: float = 2.0
     min_box_area: float = 0.1
 
-    def __post_init__(self) -> None:
-        probs = ("fliplr", "flipud", "mosaic", "mixup", "blur", "median_blur", "to_gray", "clahe", "min_box_area")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v < 0 or (f.name in probs and v > 1) or (f.name in ("translate", "scale") and v >= 1):
-                bound = "0..1" if f.name in probs else "0..<1" if f.name in ("translate", "scale") else ">= 0"
-                raise ConfigError(f"augment: {f.name} must be {bound}, got {v}")
+    limits: ClassVar[dict[str, Range]] = {
+        **dict.fromkeys(("fliplr", "flipud", "mosaic", "mixup", "blur", "median_blur", "to_gray", "clahe"), Range(0, 1)),
+        **dict.fromkeys(("hsv_h", "hsv_s", "hsv_v", "degrees", "shear", "perspective", "close_mosaic"), Range(0)),
+        "translate": Range(0, 1, open_high=True), "scale": Range(0, 1, open_high=True), "min_box_size": Range(0),
+        "min_box_area": Range(0, 1),
+    }  # fmt: skip
 
     @classmethod
     def off(cls) -> AugmentConfig:
@@ -80,6 +80,7 @@ class TrainAugment:
     """The training pipeline of the module docstring, for output size ``imgsz`` (square) or a given shape."""
 
     def __init__(self, cfg: AugmentConfig, imgsz: int, bgr: bool = False) -> None:
+        check_limits(cfg, "augment")
         self.cfg = cfg
         self.imgsz = imgsz
         self.bgr = bgr  # channel order of the images ``load`` returns (and of the output)

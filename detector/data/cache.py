@@ -20,7 +20,7 @@ import numpy as np
 
 from detector.data.labels import ImageLabels, LabelSet
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ignore regions (crowd / difficult)
 
 
 def user_cache_dir() -> Path:
@@ -106,6 +106,10 @@ def _pack(ls: LabelSet, digest: str) -> dict[str, np.ndarray]:
         "counts": np.array([len(im.cls) for im in ims], dtype=np.int64),
         "cls": np.concatenate([im.cls for im in ims]) if ims else np.zeros(0, np.int64),
         "boxes": np.concatenate([im.boxes for im in ims]) if ims else np.zeros((0, 4), np.float32),
+        "ignore_counts": np.array([len(im.ignore_cls) for im in ims], dtype=np.int64),
+        "ignore_cls": np.concatenate([im.ignore_cls for im in ims]) if ims else np.zeros(0, np.int64),
+        "ignore_boxes": np.concatenate([im.ignore_boxes for im in ims]) if ims else np.zeros((0, 4), np.float32),
+        "ignore_crowd": np.concatenate([im.ignore_crowd for im in ims]) if ims else np.zeros(0, bool),
     }
 
 
@@ -113,11 +117,15 @@ def _unpack(z: np.lib.npyio.NpzFile, meta: dict) -> LabelSet:
     ends = np.cumsum(z["counts"])
     starts = ends - z["counts"]
     cls, boxes = z["cls"], z["boxes"]
+    ig_ends = np.cumsum(z["ignore_counts"])
+    ig_starts = ig_ends - z["ignore_counts"]
+    ig_cls, ig_boxes, ig_crowd = z["ignore_cls"], z["ignore_boxes"], z["ignore_crowd"]
     images = []
     for i, (file, label_file, image_id, shape) in enumerate(
         zip(z["files"], z["label_files"], z["image_ids"], z["shapes"])
     ):
         s, e = starts[i], ends[i]
+        gs, ge = ig_starts[i], ig_ends[i]
         images.append(
             ImageLabels(
                 file=str(file),
@@ -126,6 +134,9 @@ def _unpack(z: np.lib.npyio.NpzFile, meta: dict) -> LabelSet:
                 boxes=boxes[s:e],
                 image_id=int(image_id) if meta["int_ids"] else str(image_id),
                 label_file=str(label_file) or None,
+                ignore_boxes=ig_boxes[gs:ge],
+                ignore_cls=ig_cls[gs:ge],
+                ignore_crowd=ig_crowd[gs:ge],
             )
         )
     return LabelSet(

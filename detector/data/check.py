@@ -1,7 +1,8 @@
 """``detector data check DATA [--json]`` and ``detector data convert DATA --to yolo|coco OUT``.
 
-``check`` reads every split (train/val/test where defined), prints images, instances per class, the image
-size range and every problem with its file; exit status 0 when the data is usable (every split has images
+``check`` reads every split (train/val/test where defined), prints images, instances per class, ignore regions
+(COCO crowd boxes, VOC difficult objects), the image size range, every problem with its file, and doubts about
+class names inferred from the labels; exit status 0 when the data is usable (every split has images
 and there is at least one box), 1 when not.
 """
 
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 from detector.data.convert import TARGETS, convert, default_splits
+from detector.data.formats import get_format
 from detector.data.labels import LabelSet, Problem, problem
 from detector.data.load import load_split
 from detector.data.spec import DatasetSpec, resolve_dataset
@@ -27,6 +29,7 @@ def split_summary(ls: LabelSet) -> dict:
         "images": len(ls.images),
         "backgrounds": sum(len(im.cls) == 0 for im in ls.images),
         "instances": int(per_class.sum()),
+        "ignored": ls.ignored(),
         "per_class": {n: int(c) for n, c in zip(ls.names, per_class)},
         "image_size": {
             "min": [min(s[0] for s in sizes), min(s[1] for s in sizes)],
@@ -64,6 +67,9 @@ def check(data: str | Path | dict | DatasetSpec, splits: list[str] | None = None
             "min": [min(s["image_size"]["min"][k] for s in done) for k in (0, 1)],
             "max": [max(s["image_size"]["max"][k] for s in done) for k in (0, 1)],
         }
+    report["ignored"] = {k: sum(s["ignored"][k] for s in done) for k in ("crowd", "difficult")}
+    if names:
+        problems += [problem(spec.root, w) for w in get_format(spec.format).name_warnings(spec, names)[1:]]
     report["problems"] = problems
     report["usable"] = usable and report["images"] > 0 and report["instances"] > 0
     return report
@@ -75,15 +81,20 @@ def format_report(report: dict) -> str:
     names = report["names"]
     lines = [f"dataset {report['data']} ({report['format']}, {len(names)} classes)", ""]
     splits = report["splits"]
-    lines.append(f"{'split':<10}{'images':>8}{'backgr.':>9}{'instances':>11}  image size (w x h)")
+    lines.append(
+        f"{'split':<10}{'images':>8}{'backgr.':>9}{'instances':>11}{'crowd':>7}{'diffic.':>9}  image size (w x h)"
+    )
     for split, s in splits.items():
         if "error" in s:
-            lines.append(f"{split:<10}{'-':>8}{'-':>9}{'-':>11}  unusable: {s['error']}")
+            lines.append(f"{split:<10}{'-':>8}{'-':>9}{'-':>11}{'-':>7}{'-':>9}  unusable: {s['error']}")
             continue
         lo, hi = s["image_size"]["min"], s["image_size"]["max"]
+        ig = s["ignored"]
         lines.append(
-            f"{split:<10}{s['images']:>8}{s['backgrounds']:>9}{s['instances']:>11}  {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}"
+            f"{split:<10}{s['images']:>8}{s['backgrounds']:>9}{s['instances']:>11}{ig['crowd']:>7}{ig['difficult']:>9}"
+            f"  {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}"
         )
+    lines.append("(crowd regions and difficult objects are ignore regions: not trained on, not counted in mAP)")
     lines += ["", f"{'class':<20}" + "".join(f"{k:>10}" for k in splits) + f"{'total':>10}"]
     for n in names:
         row = [splits[k].get("per_class", {}).get(n, 0) for k in splits]

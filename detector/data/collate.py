@@ -12,7 +12,7 @@ def collate(samples: list[dict]) -> dict:
 
     Returns ``img`` uint8 (B, 3, H, W); ``cls`` float (N,); ``bboxes`` float (N, 4) xyxy pixels of ``img``;
     ``batch_idx`` long (N,) (which image each box belongs to); ``im_files``, ``ori_shapes``, ``ratio_pad``,
-    ``image_ids`` (lists, one entry per image); and ``problems`` (list of ``{file, problem}`` met while
+    ``image_ids``, ``ignore`` (lists, one entry per image: ignore regions in original pixels); and ``problems`` (list of ``{file, problem}`` met while
     loading, which the loader removes before handing the batch out).
     """
     counts = [len(s["cls"]) for s in samples]
@@ -25,6 +25,7 @@ def collate(samples: list[dict]) -> dict:
         "ori_shapes": [tuple(s["ori_shape"]) for s in samples],
         "ratio_pad": [s["ratio_pad"] for s in samples],
         "image_ids": [s["image_id"] for s in samples],
+        "ignore": [s["ignore"] for s in samples],
         "problems": [p for s in samples for p in s["problems"]],
     }
 

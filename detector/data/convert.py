@@ -11,6 +11,7 @@ Output layout (``OUT/data.yaml`` describes it, with ``path: .``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,8 @@ from detector.config import ConfigError
 from detector.data.labels import ImageLabels, LabelSet
 from detector.data.load import load_split
 from detector.data.spec import SPLITS, DatasetSpec, resolve_dataset
+
+LOG = logging.getLogger("detector.data")
 
 TARGETS = ("yolo", "coco")
 
@@ -49,6 +52,8 @@ def convert(
         for im, r in zip(ls.images, rel):
             _place(Path(im.file), out / "images" / split / r)
         if to == "yolo":
+            if n := sum(ls.ignored().values()):
+                LOG.warning(f"{split}: {n} ignore region(s) (crowd / difficult) have no form in YOLO txt; left out")
             for im, r in zip(ls.images, rel):
                 _write_yolo(im, (out / "labels" / split / r).with_suffix(".txt"))
             doc[split] = f"images/{split}"
@@ -73,7 +78,10 @@ def coco_document(ls: LabelSet, file_names: list[str]) -> dict:
         image_id = im.image_id if keep_ids else n
         h, w = im.shape
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        for c, (x1, y1, x2, y2) in zip(im.cls, im.boxes.tolist()):
+        # ignore regions (crowd, difficult) are crowd annotations: COCO's only way to say "neither count nor penalise"
+        boxes = [(c, b, 0) for c, b in zip(im.cls, im.boxes.tolist())]
+        boxes += [(c, b, 1) for c, b in zip(im.ignore_cls, im.ignore_boxes.tolist())]
+        for c, (x1, y1, x2, y2), crowd in boxes:
             bw, bh = x2 - x1, y2 - y1
             annotations.append(
                 {
@@ -82,7 +90,7 @@ def coco_document(ls: LabelSet, file_names: list[str]) -> dict:
                     "category_id": cat_ids[int(c)],
                     "bbox": [round(v, 4) for v in (x1, y1, bw, bh)],
                     "area": round(bw * bh, 4),
-                    "iscrowd": 0,
+                    "iscrowd": crowd,
                 }
             )
     categories = [{"id": cid, "name": name} for cid, name in zip(cat_ids, ls.names)]

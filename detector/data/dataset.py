@@ -2,8 +2,10 @@
 
 A sample is a dict: ``img`` (ndarray[3, H, W] uint8 RGB), ``cls`` (ndarray[N] float32), ``bboxes``
 (ndarray[N, 4] float32, xyxy pixels of ``img``), ``im_file``, ``ori_shape`` ``(h0, w0)``, ``ratio_pad``
-``(ratio, (padw, padh))`` with ``original = (box - pad) / ratio``, ``image_id``, and ``problems`` (images
-that failed to decode while building this sample; the loader moves them to ``dataset.problems``).
+``(ratio, (padw, padh))`` with ``original = (box - pad) / ratio``, ``image_id``, ``ignore`` (the image's ignore
+regions for the evaluator, in original pixels: ``(boxes (K, 4) xyxy, cls (K,), crowd (K,) bool)``; never
+augmented, never targets), and ``problems`` (images that failed to decode while building this sample; the
+loader moves them to ``dataset.problems``).
 
 Validation samples are exact: ``ratio_pad`` maps boxes back to the original image. Training samples are
 augmented; their ``ratio_pad`` describes only the initial resize (pad 0).
@@ -161,6 +163,7 @@ class DetectionDataset(Dataset):
             "ori_shape": im.shape,
             "ratio_pad": ratio_pad,
             "image_id": im.image_id,
+            "ignore": (im.ignore_boxes, im.ignore_cls, im.ignore_crowd),
             "problems": found,
         }
 

@@ -4,8 +4,9 @@ A split entry is either ``{annotations: FILE.json, images: FOLDER}`` or just the
 folder is the first existing one of ``images/NAME``, ``NAME``, ``../images/NAME`` and ``../NAME`` beside the
 JSON's folder, ``images``, the JSON's folder, and the root, where NAME is the JSON's stem without
 ``instances_`` (``instances_val2017.json`` -> ``val2017``). Image ids are kept. Categories become classes
-0..nc-1 in order of category id; ``category_ids`` maps back. Crowd annotations are skipped (COCO evaluation
-ignores them too).
+0..nc-1 in order of category id; ``category_ids`` maps back. Crowd annotations (``iscrowd: 1``) become ignore
+regions: never training targets, and the evaluator treats them as pycocotools does (detections inside them
+are neither true nor false positives).
 """
 
 from __future__ import annotations
@@ -102,12 +103,11 @@ class CocoFormat(LabelFormat):
                 image=image_dir / im["file_name"], image_id=im["id"], label_file=ann_path, declared_shape=shape
             )
         rows: dict[Any, tuple[list, list, list]] = {k: ([], [], []) for k in recs}
+        crowds: dict[Any, tuple[list, list]] = {k: ([], []) for k in recs}
         for a in data.get("annotations") or []:
             where = f"annotation id {a.get('id')}"
             if a.get("image_id") not in recs:
                 orphans.append(problem(ann_path, f"{where}: image id {a.get('image_id')!r} not in 'images'; skipped"))
-                continue
-            if a.get("iscrowd", 0):
                 continue
             rec = recs[a["image_id"]]
             cid = a.get("category_id")
@@ -119,6 +119,11 @@ class CocoFormat(LabelFormat):
                 rec.problems.append(problem(ann_path, f"{where}: bad bbox {bbox!r}; box skipped"))
                 continue
             x, y, w, h = (float(v) for v in bbox)
+            if a.get("iscrowd", 0):
+                crowd_boxes, crowd_cls = crowds[a["image_id"]]
+                crowd_boxes.append([x, y, x + w, y + h])
+                crowd_cls.append(index_of[cid])
+                continue
             boxes, cls, wh = rows[a["image_id"]]
             boxes.append([x, y, x + w, y + h])
             cls.append(index_of[cid])
@@ -128,6 +133,10 @@ class CocoFormat(LabelFormat):
             rec.boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
             rec.cls = np.array(cls, dtype=np.int64)
             rec.where = where
+            crowd_boxes, crowd_cls = crowds[key]
+            rec.ignore_boxes = np.array(crowd_boxes, dtype=np.float64).reshape(-1, 4)
+            rec.ignore_cls = np.array(crowd_cls, dtype=np.int64)
+            rec.ignore_crowd = np.ones(len(crowd_cls), dtype=bool)
         return list(recs.values()), orphans
 
 

@@ -3,11 +3,15 @@
 A split entry is a split name (``train`` -> ``ImageSets/Main/train.txt``) or a path to such a list, relative to
 the root. Class names are the YAML's ``names`` if given, else every object name found under ``Annotations/``,
 sorted. Box coordinates are taken as written (pixels, no 1-based shift), so conversions round-trip exactly.
-Objects marked ``difficult`` are kept. An ID without an XML file is a background image (reported).
+Objects marked ``difficult`` follow the dataset YAML's ``difficult`` key: ``ignore`` (default, the VOC
+evaluation's rule: ignore regions, neither targets nor counted by the evaluator) or ``keep`` (ordinary boxes).
+An ID without an XML file is a background image (reported). Without ``names``, the classes found are listed
+once per load, with a warning for names that differ only by case or spaces (likely label typos).
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -43,8 +47,9 @@ def image_path(root: Path, image_id: str, filename: str | None) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def parse_xml(path: Path, index_of: dict[str, int]) -> tuple[RawRecord, str | None]:
-    """Boxes of one annotation (pixels, xyxy) and its ``<filename>``; unusable objects are reported."""
+def parse_xml(path: Path, index_of: dict[str, int], difficult: str = "ignore") -> tuple[RawRecord, str | None]:
+    """Boxes of one annotation (pixels, xyxy) and its ``<filename>``; unusable objects are reported.
+    ``difficult="ignore"`` turns objects marked difficult into ignore regions, ``"keep"`` keeps them as boxes."""
     rec = RawRecord(image=Path(), image_id=path.stem, label_file=path)
     try:
         root = ET.parse(path).getroot()
@@ -59,6 +64,7 @@ def parse_xml(path: Path, index_of: dict[str, int]) -> tuple[RawRecord, str | No
         except ValueError:
             pass  # the image itself gives the size
     boxes, classes, where = [], [], []
+    hard_boxes, hard_classes = [], []
     for n, obj in enumerate(root.iter("object"), 1):
         name = (obj.findtext("name") or "").strip()
         label = f"object {n} ({name or 'no name'})"
@@ -72,12 +78,19 @@ def parse_xml(path: Path, index_of: dict[str, int]) -> tuple[RawRecord, str | No
         except (TypeError, ValueError):
             rec.problems.append(problem(path, f"{label}: bad bndbox {dict(zip(_COORDS, values))}; box skipped"))
             continue
+        if difficult == "ignore" and (obj.findtext("difficult") or "0").strip() == "1":
+            hard_boxes.append(coords)
+            hard_classes.append(index_of[name])
+            continue
         boxes.append(coords)
         classes.append(index_of[name])
         where.append(f"object {n}")
     rec.boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     rec.cls = np.array(classes, dtype=np.int64)
     rec.where = where
+    rec.ignore_boxes = np.array(hard_boxes, dtype=np.float64).reshape(-1, 4)
+    rec.ignore_cls = np.array(hard_classes, dtype=np.int64)
+    rec.ignore_crowd = np.zeros(len(hard_classes), dtype=bool)
     return rec, root.findtext("filename")
 
 
@@ -113,7 +126,7 @@ class VocFormat(LabelFormat):
         def one(image_id: str) -> RawRecord:
             xml = spec.root / "Annotations" / f"{image_id}.xml"
             if xml.is_file():
-                rec, filename = parse_xml(xml, index_of)
+                rec, filename = parse_xml(xml, index_of, spec.difficult)
             else:
                 rec, filename = RawRecord(image=Path(), image_id=image_id), None
                 rec.problems.append(problem(xml, "no annotation file (image used as background)"))
@@ -123,3 +136,23 @@ class VocFormat(LabelFormat):
             return rec
 
         return thread_map(one, ids), []
+
+    def name_warnings(self, spec: DatasetSpec, names: list[str]) -> list[str]:
+        """Without ``names`` in the YAML: the classes found, and groups that differ only by case or spaces."""
+        if spec.names is not None:
+            return []
+        out = [f"{spec.source}: no 'names' given; {len(names)} classes found under Annotations/: {names}"]
+        for group in near_duplicates(names):
+            out.append(
+                f"{spec.source}: class names {group} differ only by case or spaces, so they are "
+                f"{len(group)} different classes; if that is a label typo fix the XML files, or give 'names'"
+            )
+        return out
+
+
+def near_duplicates(names: list[str]) -> list[list[str]]:
+    """Groups of names equal after dropping case and whitespace (``["RBC", "rbc", "R B C"]``)."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(re.sub(r"\s+", "", n).casefold(), []).append(n)
+    return [g for g in groups.values() if len(g) > 1]

@@ -42,6 +42,8 @@ class RawRecord:
         declared_shape: ``(h, w)`` written in the annotation, if any.
         problems: what went wrong while parsing (bad fields, unknown classes, missing label file).
         usable: False when the labels could not be read at all, so the image must not be used.
+        ignore_boxes (ndarray[K, 4] float64), ignore_cls (ndarray[K] int64), ignore_crowd (ndarray[K] bool):
+            ignore regions in xyxy pixels (COCO ``iscrowd``: crowd True; VOC ``difficult``: crowd False).
     """
 
     image: Path
@@ -54,6 +56,9 @@ class RawRecord:
     declared_shape: tuple[int, int] | None = None
     problems: list[Problem] = field(default_factory=list)
     usable: bool = True
+    ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    ignore_cls: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ignore_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 class LabelFormat:
@@ -71,6 +76,10 @@ class LabelFormat:
     def records(self, spec: DatasetSpec, split: str, names: list[str]) -> tuple[list[RawRecord], list[Problem]]:
         """One record per image of the split, and problems that belong to no image."""
         raise NotImplementedError
+
+    def name_warnings(self, spec: DatasetSpec, names: list[str]) -> list[str]:
+        """Doubts about class names this format inferred from the labels (none by default)."""
+        return []
 
 
 def get_format(name: str) -> LabelFormat:

@@ -30,6 +30,11 @@ class ImageLabels:
         boxes (ndarray[N, 4] float32): ``(x1, y1, x2, y2)`` pixels, clipped to the image, non-degenerate.
         image_id: COCO image id for COCO data, else the file stem.
         label_file: where the labels came from (YOLO txt, VOC XML, COCO JSON), or None.
+        ignore_boxes (ndarray[K, 4] float32): ignore regions, xyxy pixels: COCO ``iscrowd`` boxes and VOC
+            ``difficult`` objects. Never training targets; the evaluator neither counts nor penalises them.
+        ignore_cls (ndarray[K] int64): their classes.
+        ignore_crowd (ndarray[K] bool): True for a crowd region (any number of detections may fall in it, IoU
+            measured as intersection / detection area), False for a difficult object (matched at most once).
     """
 
     file: str
@@ -38,12 +43,20 @@ class ImageLabels:
     boxes: np.ndarray
     image_id: int | str
     label_file: str | None = None
+    ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    ignore_cls: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ignore_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         self.cls = np.asarray(self.cls, dtype=np.int64).reshape(-1)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         if len(self.cls) != len(self.boxes):
             raise ValueError(f"{self.file}: {len(self.cls)} classes for {len(self.boxes)} boxes")
+        self.ignore_boxes = np.asarray(self.ignore_boxes, dtype=np.float32).reshape(-1, 4)
+        self.ignore_cls = np.asarray(self.ignore_cls, dtype=np.int64).reshape(-1)
+        self.ignore_crowd = np.asarray(self.ignore_crowd, dtype=bool).reshape(-1)
+        if not len(self.ignore_boxes) == len(self.ignore_cls) == len(self.ignore_crowd):
+            raise ValueError(f"{self.file}: ignore regions with fields of different lengths")
 
 
 @dataclass
@@ -68,9 +81,21 @@ class LabelSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def ignored(self) -> dict[str, int]:
+        """How many ignore regions the split holds: ``{"crowd": n, "difficult": m}``."""
+        crowd = sum(int(im.ignore_crowd.sum()) for im in self.images)
+        return {"crowd": crowd, "difficult": sum(len(im.ignore_crowd) for im in self.images) - crowd}
+
     def instances_per_class(self) -> np.ndarray:
         """(nc,) int64: number of boxes of each class."""
         counts = np.zeros(len(self.names), dtype=np.int64)
         for im in self.images:
             np.add.at(counts, im.cls, 1)
         return counts
+
+
+def class_names(names) -> list[str]:
+    """Dataset names as a list, whether given as a list or a ``{index: name}`` dict."""
+    if isinstance(names, dict):
+        return [str(names[i]) for i in sorted(names)]
+    return [str(n) for n in names]

@@ -28,9 +28,10 @@ def load_split(data: str | Path | dict | DatasetSpec, split: str, *, cache: bool
     fmt = get_format(spec.format)
     sources = fmt.sources(spec, split)
     rules = [validate.CLIP_TOLERANCE, validate.MIN_SIZE, validate.DUPLICATE_IOU, MIN_SIDE]
-    digest = fingerprint(sources, extra=[spec.format, spec.names, spec.entry(split), rules])
+    digest = fingerprint(sources, extra=[spec.format, spec.names, spec.entry(split), rules, spec.difficult])
     files = cache_files(spec.root, f"{spec.format}-{split}-{_entry_tag(spec.entry(split))}")
     if cache and (hit := load_labels_cache(files, digest)) is not None:
+        _warn_names(fmt, spec, hit.names)
         return hit
     names, category_ids = fmt.names(spec)
     records, problems = fmt.records(spec, split, names)
@@ -48,7 +49,14 @@ def load_split(data: str | Path | dict | DatasetSpec, split: str, *, cache: bool
         )
     if cache and save_labels_cache(files, digest, out) is None:
         LOG.warning("could not write a label cache for %s split %r (tried %s)", spec.source, split, files)
+    _warn_names(fmt, spec, names)
     return out
+
+
+def _warn_names(fmt, spec: DatasetSpec, names: list[str]) -> None:
+    """Every load (cached or not) says which classes were inferred and which look like typos of each other."""
+    for i, text in enumerate(fmt.name_warnings(spec, names)):
+        (LOG.info if i == 0 else LOG.warning)(text)
 
 
 def _entry_tag(entry: object) -> str:

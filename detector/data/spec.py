@@ -18,7 +18,8 @@ from detector.config import ConfigError, read_yaml
 
 FORMAT_NAMES = ("yolo", "coco", "voc")
 SPLITS = ("train", "val", "test")
-_KEYS = ("path", "train", "val", "test", "names", "nc", "format", "download")
+_KEYS = ("path", "train", "val", "test", "names", "nc", "format", "download", "difficult")
+DIFFICULT = ("ignore", "keep")  # VOC objects marked difficult: ignore regions (the VOC rule), or ordinary boxes
 _CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
@@ -32,6 +33,7 @@ class DatasetSpec:
         splits: split name -> entry as written (a path, list of paths, or for COCO ``{annotations, images}``).
         names: class names, or None where the format carries them (COCO categories, VOC object names).
         source: what the user gave (for messages).
+        difficult: VOC objects marked difficult: ``"ignore"`` (ignore regions) or ``"keep"`` (ordinary boxes).
     """
 
     root: Path
@@ -39,6 +41,7 @@ class DatasetSpec:
     splits: dict[str, Any] = field(default_factory=dict)
     names: list[str] | None = None
     source: str = ""
+    difficult: str = "ignore"
 
     def entry(self, split: str) -> Any:
         """The entry of ``split``; an absent split raises ``ConfigError`` naming the ones that exist."""
@@ -116,7 +119,10 @@ def _from_mapping(m: dict, base: Path, where: str) -> DatasetSpec:
         raise ConfigError(f"{where}: key 'format' must be one of {list(FORMAT_NAMES)}, got {fmt!r}")
     if fmt == "yolo" and names is None:
         raise ConfigError(f"{where}: YOLO data needs 'names' (the class names, in class-id order)")
-    return DatasetSpec(root=root, format=fmt, splits=splits, names=names, source=where)
+    difficult = m.get("difficult", "ignore")
+    if difficult not in DIFFICULT:
+        raise ConfigError(f"{where}: key 'difficult' must be one of {list(DIFFICULT)}, got {difficult!r}")
+    return DatasetSpec(root=root, format=fmt, splits=splits, names=names, source=where, difficult=difficult)
 
 
 def _root(value: Any, base: Path, where: str) -> Path:

@@ -5,6 +5,7 @@ Rules (each applied case is reported as a problem naming the label file and the 
 - a box with no overlap with the image is dropped; one reaching more than ``CLIP_TOLERANCE`` px outside
   is clipped; one narrower or lower than ``MIN_SIZE`` px after clipping (zero-size, inverted) is dropped;
 - a box of the same class overlapping an earlier one with IoU >= ``DUPLICATE_IOU`` is a duplicate: dropped.
+Ignore regions (crowd / difficult) are clipped to the image like boxes; one with nothing left is dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def validate_record(rec: RawRecord, names: list[str]) -> tuple[ImageLabels | Non
     where = rec.where or [f"box {i + 1}" for i in range(len(boxes))]
     boxes, cls, box_problems = clean_boxes(boxes, rec.cls, (h, w), where, names)
     problems += [problem(label_file, p) for p in box_problems]
+    regions, keep = clip_regions(rec.ignore_boxes, (h, w))
+    for i in np.flatnonzero(~keep):
+        kind = "crowd region" if rec.ignore_crowd[i] else "difficult object"
+        problems.append(
+            problem(label_file, f"{kind} {_fmt(rec.ignore_boxes[i])} has no area inside the image; dropped")
+        )
     labels = ImageLabels(
         file=str(rec.image),
         shape=(h, w),
@@ -48,8 +55,20 @@ def validate_record(rec: RawRecord, names: list[str]) -> tuple[ImageLabels | Non
         boxes=boxes,
         image_id=rec.image_id,
         label_file=str(rec.label_file) if rec.label_file else None,
+        ignore_boxes=regions,
+        ignore_cls=rec.ignore_cls[keep],
+        ignore_crowd=rec.ignore_crowd[keep],
     )
     return labels, problems
+
+
+def clip_regions(boxes: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``boxes (ndarray[K, 4])`` xyxy clipped to an image of ``shape`` ``(h, w)``; returns ``(kept float32,
+    keep (ndarray[K] bool))`` where a region narrower or lower than ``MIN_SIZE`` after clipping is not kept."""
+    h, w = shape
+    clipped = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0, [w, h, w, h])
+    keep = ((clipped[:, 2] - clipped[:, 0]) >= MIN_SIZE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_SIZE)
+    return clipped[keep].astype(np.float32), keep
 
 
 def cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Optimiser with three parameter groups, the ``auto`` optimiser choice, warmup and the lr schedules.
 
-Groups: 0 = normalisation weights (no weight decay), 1 = every other weight (decay), 2 = biases (no decay).
+Groups, by name: ``norm`` = normalisation weights (no weight decay), ``weight`` = every other weight (decay),
+``bias`` = biases (no decay).
 """
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
 
 
 def build_optimizer(model: nn.Module, opt: ResolvedOptim) -> torch.optim.Optimizer:
-    """The optimiser over the three groups; only group 1 carries weight decay."""
+    """The optimiser over the three groups, named ``norm``, ``weight`` (the only one with weight decay) and
+    ``bias``; code that treats a group specially finds it by its ``name``, never by position."""
     norm_w, weights, biases = parameter_groups(model)
     groups = [
-        {"params": norm_w, "weight_decay": 0.0},
-        {"params": weights, "weight_decay": opt.weight_decay},
-        {"params": biases, "weight_decay": 0.0},
+        {"params": norm_w, "weight_decay": 0.0, "name": "norm"},
+        {"params": weights, "weight_decay": opt.weight_decay, "name": "weight"},
+        {"params": biases, "weight_decay": 0.0, "name": "bias"},
     ]
     if opt.name == "SGD":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=opt.lr0, momentum=opt.momentum, nesterov=True)
@@ -110,9 +112,9 @@ class LRSchedule:
         """Set every group's lr (and momentum in warmup) for global ``iteration`` within ``epoch``."""
         target = self.opt.lr0 * lr_factor(self.cfg.schedule, epoch, self.epochs, self.cfg.lrf)
         warm = iteration < self.warmup_iters
-        for j, g in enumerate(optimizer.param_groups):
+        for g in optimizer.param_groups:
             if warm:
-                start = self.opt.warmup_bias_lr if j == 2 else 0.0
+                start = self.opt.warmup_bias_lr if g.get("name") == "bias" else 0.0
                 g["lr"] = float(np.interp(iteration, [0, self.warmup_iters], [start, target]))
                 momentum = float(
                     np.interp(iteration, [0, self.warmup_iters], [self.cfg.warmup_momentum, self.opt.momentum])

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from detector.config import Range
 from detector.data.augment import AugmentConfig
+
+UNIT = Range(0, 1)  # probabilities, thresholds, fractions
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+IMAGE_SIZE = Range(32)  # the largest model stride; smaller sizes leave no feature map
 
 
 @dataclass
@@ -32,6 +39,13 @@ class OptimConfig:
     ema_decay: float = 0.9999
     ema_tau: float = 2000.0
 
+    limits: ClassVar[dict[str, Range]] = {
+        "lr0": POSITIVE, "lrf": Range(0, 1, open_low=True), "momentum": Range(0, 1, open_high=True),
+        "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "warmup_min_iters": NON_NEGATIVE,
+        "warmup_momentum": Range(0, 1, open_high=True), "warmup_bias_lr": NON_NEGATIVE, "nbs": AT_LEAST_ONE,
+        "clip_grad": NON_NEGATIVE, "ema_decay": Range(0, 1, open_high=True), "ema_tau": POSITIVE,
+    }  # fmt: skip
+
 
 @dataclass
 class ValConfig:
@@ -46,6 +60,10 @@ class ValConfig:
     period: int = 1  # validate every N epochs (the last epoch always)
     save_json: bool = False
     plots: bool = True
+
+    limits: ClassVar[dict[str, Range]] = {
+        "conf": UNIT, "iou": UNIT, "max_det": AT_LEAST_ONE, "batch": AT_LEAST_ONE, "period": AT_LEAST_ONE,
+    }  # fmt: skip
 
 
 @dataclass
@@ -79,6 +97,11 @@ class TrainConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     val: ValConfig = field(default_factory=ValConfig)
 
+    limits: ClassVar[dict[str, Range]] = {
+        "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE,
+        "patience": NON_NEGATIVE, "save_period": NON_NEGATIVE,
+    }  # fmt: skip
+
 
 @dataclass
 class ValRunConfig:
@@ -100,6 +123,11 @@ class ValRunConfig:
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False
+
+    limits: ClassVar[dict[str, Range]] = {
+        "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE, "conf": UNIT, "iou": UNIT,
+        "max_det": AT_LEAST_ONE,
+    }  # fmt: skip
 
 
 def keys_help(cfg, usage: str) -> str:

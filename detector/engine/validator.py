@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detector.engine.coco_crosscheck import EvaluatedImage, cross_check
 from detector.engine.postprocess import non_max_suppression, scale_boxes
 from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
@@ -38,6 +39,7 @@ class ValResult:
     images: int = 0
     instances: int = 0
     speed_ms: dict[str, float] = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)  # faster-coco-eval on the saved JSON (save_json only)
 
     curves: DetectionMetrics | None = None  # the full metrics (PR curves), for plots
 
@@ -73,6 +75,7 @@ class ValResult:
         return {
             "stats": self.stats, "P": self.precision, "R": self.recall, "images": self.images,
             "instances": self.instances, "losses": self.losses, "per_class": self.per_class, "speed_ms": self.speed_ms,
+            "faster_coco_eval": self.reference,
         }  # fmt: skip
 
 
@@ -116,6 +119,7 @@ class Validator:
         evaluator = COCOEvaluator()
         confusion = ConfusionMatrix(len(self.names)) if plots else None
         predictions: list[dict] | None = [] if save_json else None
+        evaluated: list[EvaluatedImage] = []  # what the evaluator saw, for the cross-check (save_json only)
         category_ids = dataset_category_ids(self.loader.dataset, len(self.names))
         loss_sum: Tensor | None = None
         n_batches = n_images = 0
@@ -146,12 +150,14 @@ class Validator:
                 sel = gt_idx == j
                 ori, rp = batch["ori_shapes"][j], batch["ratio_pad"][j]
                 found = ImageDetections(scale_boxes(det[:, :4], rp, ori), det[:, 4], det[:, 5])
-                truth = ImageGroundTruth(scale_boxes(gt_boxes[sel], rp, ori), gt_cls[sel])
+                ignore = batch["ignore"][j] if "ignore" in batch else None
+                truth = image_truth(scale_boxes(gt_boxes[sel], rp, ori), gt_cls[sel], ignore)
                 evaluator.update(found, truth)
                 if confusion is not None:
                     confusion.update(found, truth)
                 if predictions is not None:
                     predictions += coco_results(batch["image_ids"][j], found, category_ids)
+                    evaluated.append(EvaluatedImage(batch["image_ids"][j], batch["im_files"][j], ori, truth))
             if plots and bi < 3:
                 self._plot_batch(batch, dets, bi)
         if n_images == 0:
@@ -163,7 +169,7 @@ class Validator:
         if plots:
             self._plot_summary(confusion, result)
         if predictions is not None:
-            self._save_json(predictions, result)
+            self._save_json(predictions, result, evaluated, category_ids)
         return result
 
     # -- outputs ---------------------------------------------------------------------------------------------
@@ -190,12 +196,36 @@ class Validator:
             names = [self.names[int(c)] for c in m.classes]
             plot_pr_curves(RECALL_POINTS, precision, names, m.ap50.tolist(), self.run_dir / "PR_curve.png")
 
-    def _save_json(self, predictions: list[dict], result: ValResult) -> None:
+    def _save_json(
+        self, predictions: list[dict], result: ValResult, evaluated: list[EvaluatedImage], category_ids: list[int]
+    ) -> None:
         with open(self.run_dir / "predictions.json", "w") as f:
             json.dump(predictions, f)
+        result.reference = cross_check(self.run_dir, evaluated, category_ids, self.names, result.stats)
         with open(self.run_dir / "metrics.json", "w") as f:
             json.dump(result.to_json(), f, indent=1)
-        LOGGER.info(f"saved predictions.json ({len(predictions)} boxes) and metrics.json to {self.run_dir}")
+        LOGGER.info(
+            f"saved predictions.json ({len(predictions)} boxes), ground_truth.json and metrics.json to {self.run_dir}"
+        )
+
+
+def image_truth(boxes, classes, ignore: tuple | None) -> ImageGroundTruth:
+    """One image's ground truth for the evaluator: ``boxes (M, 4)`` xyxy and ``classes (M,)``, then its ignore
+    regions ``ignore = (boxes (K, 4), cls (K,), crowd (K,) bool)`` flagged ``iscrowd`` (COCO crowd) or
+    ``ignore`` (VOC difficult), both in original pixels."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    classes = np.asarray(classes, np.float64).reshape(-1)
+    if ignore is None or len(ignore[0]) == 0:
+        return ImageGroundTruth(boxes, classes)
+    regions, region_cls, crowd = (np.asarray(a) for a in ignore)
+    crowd = crowd.astype(bool).reshape(-1)
+    regular = np.zeros(len(boxes), bool)
+    return ImageGroundTruth(
+        np.concatenate([boxes, regions.reshape(-1, 4)]),
+        np.concatenate([classes, region_cls.astype(np.float64).reshape(-1)]),
+        iscrowd=np.concatenate([regular, crowd]),
+        ignore=np.concatenate([regular, ~crowd]),
+    )
 
 
 def dataset_category_ids(dataset, nc: int) -> list[int]:
@@ -209,7 +239,7 @@ def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> lis
     xywh = det.boxes.copy()
     xywh[:, 2:] -= xywh[:, :2]
     return [
-        {"image_id": image_id, "category_id": category_ids[c], "bbox": [round(v, 3) for v in b], "score": round(s, 5)}
+        {"image_id": image_id, "category_id": category_ids[c], "bbox": [round(v, 3) for v in b], "score": s}
         for b, s, c in zip(xywh.tolist(), det.scores.tolist(), det.classes.tolist())
     ]
 
@@ -220,9 +250,11 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     ``runs/val/NAME``."""
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
+    from detector.data.labels import class_names
+    from detector.engine.amp import amp_dtype
     from detector.engine.distributed import DistInfo, select_device
+    from detector.engine.logs import report_problems, setup_logging
     from detector.engine.runs import increment_run_dir
-    from detector.engine.trainer import amp_dtype, class_names, report_problems, setup_logging
 
     if not cfg.model:
         raise DetectorError(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 from tqdm import tqdm
 
-from detector.config import ConfigError, load
+from detector.config import ConfigError, Range, load
 from detector.predict.detector import Detector
 from detector.predict.results import Results
 from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_count
@@ -37,6 +38,15 @@ class PredictConfig:
     name: str = "exp"
     exist_ok: bool = False
     verbose: bool = True
+    engine: str = "local"  # local: this process; ray: a pool of model actors on Ray Data (detector[ray])
+    workers: int = 0  # engine=ray: actors (0: one per GPU, else one per CPU)
+    out: str = ""  # engine=ray: output folder of Parquet / JSON-lines rows (default: the run directory)
+    out_format: str = "parquet"  # engine=ray: parquet | jsonl
+    address: str = ""  # engine=ray: a running Ray cluster to join (default: start a local one)
+
+    limits: ClassVar[dict[str, Range]] = {
+        "conf": Range(0, 1), "iou": Range(0, 1), "max_det": Range(1), "imgsz": Range(32), "batch": Range(1),
+    }  # fmt: skip
 
 
 def _expected_frames(source: str) -> int | None:
@@ -95,6 +105,12 @@ def cli_predict(argv: list[str]) -> int:
     cfg = load(PredictConfig, [], argv)
     if not cfg.model or not cfg.source:
         raise ConfigError("detector predict: give model=CKPT_OR_NAME and source=PATH (file, directory, glob or video)")
+    if cfg.engine == "ray":
+        from detector.scale.cli import cli_predict_ray
+
+        return cli_predict_ray(cfg)
+    if cfg.engine != "local":
+        raise ConfigError(f"detector predict: engine={cfg.engine!r} is not one of local, ray")
     det = Detector(cfg.model, device=cfg.device, half=cfg.half)
     out_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
     writer = _Writer(cfg, out_dir)
