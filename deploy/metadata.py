@@ -1,4 +1,6 @@
-"""What an exported model says about itself: class names, strides, input size and dtype, NMS mode.
+"""What an exported model says about itself: class names, strides, input size and dtype, NMS mode, and the
+inference contract (``deploy.contract``): the ``PreprocessSpec`` its inputs were made with and the ``NMSConfig``
+its raw outputs should get.
 
 Stored as string key/value pairs: in the ONNX ``metadata_props``, and for TensorRT engines in a JSON sidecar
 ``NAME.engine.json`` (a header inside the engine file would break ``trtexec`` and other TensorRT tools).
@@ -11,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from deploy.contract import MIN_PAD_MULTIPLE, NMSConfig, PreprocessSpec
 from deploy.errors import DeployError
 
 NMS_MODES = ("none", "onnx", "trt")
@@ -25,8 +28,11 @@ class ModelMetadata:
 
     ``imgsz`` is (H, W) of the export (the largest size for dynamic H/W). ``input_dtype`` is the numpy dtype
     name of the ``images`` input ("float32", or "float16" for a half-input graph). ``precision`` is the
-    compute precision inside the graph ("fp32" or "fp16"). ``conf``/``iou``/``max_det`` are the thresholds
-    baked into an in-graph NMS (``nms`` "onnx" or "trt").
+    compute precision inside the graph ("fp32" or "fp16"). ``preprocess`` is how inputs must be letterboxed
+    (a fixed-size graph: ``auto`` False at its size; dynamic H/W: minimal padding). ``postprocess`` is the NMS
+    the export was made with: baked into the graph when ``nms`` is "onnx" or "trt" (then multi-label, not
+    agnostic), else the defaults ``deploy.predict`` and ``Detector`` apply. Files written before these two
+    keys existed get them derived from the other keys.
     """
 
     names: dict[int, str] = field(default_factory=dict)
@@ -39,13 +45,32 @@ class ModelMetadata:
     input_dtype: str = "float32"
     precision: str = "fp32"
     task: str = "detect"
-    conf: float | None = None
-    iou: float | None = None
-    max_det: int | None = None
+    preprocess: PreprocessSpec | None = None
+    postprocess: NMSConfig | None = None
     model: str = ""
     version: str = ""
     framework: str = "detector"
     opset: int | None = None
+
+    def __post_init__(self) -> None:
+        self.imgsz = (int(self.imgsz[0]), int(self.imgsz[1]))
+        if self.preprocess is None:
+            self.preprocess = PreprocessSpec(self.imgsz, max(self.stride, MIN_PAD_MULTIPLE), auto=self.dynamic_hw)
+        if self.postprocess is None:
+            self.postprocess = NMSConfig.predict(multi_label=True if self.nms != "none" else None)
+
+    @property
+    def conf(self) -> float | None:
+        """Score threshold baked into an in-graph NMS (None for a raw graph)."""
+        return self.postprocess.conf if self.nms != "none" else None
+
+    @property
+    def iou(self) -> float | None:
+        return self.postprocess.iou if self.nms != "none" else None
+
+    @property
+    def max_det(self) -> int | None:
+        return self.postprocess.max_det if self.nms != "none" else None
 
     @property
     def stride(self) -> int:
@@ -62,6 +87,8 @@ class ModelMetadata:
         for k, v in asdict(self).items():
             if k == "names":
                 v = {str(i): n for i, n in v.items()}
+            elif k in ("preprocess", "postprocess"):
+                v = getattr(self, k).to_dict()
             out[k] = v if isinstance(v, str) else json.dumps(v)
         return out
 
@@ -85,7 +112,17 @@ class ModelMetadata:
             kwargs["names"] = {int(i): str(n) for i, n in kwargs["names"].items()}
         if "imgsz" in kwargs:
             kwargs["imgsz"] = tuple(int(s) for s in kwargs["imgsz"])
-        meta = cls(**kwargs)
+        try:
+            legacy = {k: json.loads(props[k]) for k in ("conf", "iou", "max_det") if k in props}  # before `postprocess`
+            if "preprocess" in kwargs:
+                kwargs["preprocess"] = PreprocessSpec.from_dict(kwargs["preprocess"])
+            if "postprocess" in kwargs:
+                kwargs["postprocess"] = NMSConfig.from_dict(kwargs["postprocess"])
+            elif any(v is not None for v in legacy.values()):
+                kwargs["postprocess"] = NMSConfig.predict(multi_label=True, **legacy)
+            meta = cls(**kwargs)
+        except (TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            raise DeployError(f"{origin}: bad preprocess/postprocess metadata ({e})") from None
         if meta.nms not in NMS_MODES:
             raise DeployError(f"{origin}: metadata `nms` is {meta.nms!r}; expected one of {NMS_MODES}")
         return meta

@@ -1,13 +1,14 @@
 """Model output -> detections, in numpy: NMS for graphs without one, and boxes back to original pixels.
 
-``non_max_suppression`` and ``scale_boxes`` are the numpy twins of ``detector.engine.postprocess`` (tests check
-that they agree); ``from_nms_outputs`` reads the four outputs of an in-graph NMS (ONNX or TensorRT plugin).
+``non_max_suppression`` and ``scale_boxes`` are the numpy twins of ``detector.ops.nms`` and
+``detector.ops.boxes`` (tests check that they agree); ``from_nms_outputs`` reads the four outputs of an in-graph NMS (ONNX or TensorRT plugin).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from deploy.contract import NMSConfig
 from deploy.errors import DeployError
 
 MAX_CANDIDATES = 30000  # per image, best first, before NMS (which is quadratic): bounds time at tiny conf
@@ -40,22 +41,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float) -> np.ndarray:
 
 
 def non_max_suppression(
-    pred: np.ndarray,
-    conf: float = 0.001,
-    iou: float = 0.7,
-    max_det: int = 300,
-    multi_label: bool = True,
-    classes: list[int] | None = None,
-    agnostic: bool = False,
-    max_candidates: int = MAX_CANDIDATES,
+    pred: np.ndarray, cfg: NMSConfig | None = None, max_candidates: int = MAX_CANDIDATES
 ) -> list[np.ndarray]:
     """Decoded model output ``pred (ndarray[B, 4 + nc, A])`` (xyxy pixels, class scores) -> per image
-    ``(ndarray[n, 6])`` float32 ``[x1, y1, x2, y2, score, cls]``, best first, at most ``max_det``.
+    ``(ndarray[n, 6])`` float32 ``[x1, y1, x2, y2, score, cls]``, best first, at most ``cfg.max_det``.
 
-    Candidates are class scores > ``conf`` (every such class of a box with ``multi_label``, else its best
+    Candidates are class scores > ``cfg.conf`` (every such class of a box with ``multi_label``, else its best
     class), at most ``max_candidates`` per image (the best); NMS is per class unless ``agnostic``; ``classes``
-    keeps only those class ids. Defaults as in ``detector.engine.postprocess``.
+    keeps only those class ids. ``cfg`` defaults to ``NMSConfig.predict()``; the same rule as
+    ``detector.ops.nms.non_max_suppression``.
     """
+    cfg = cfg or NMSConfig.predict()
+    conf, iou, max_det, multi_label, classes = cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.classes
     if pred.ndim != 3 or pred.shape[1] < 5:
         raise DeployError(f"non_max_suppression: expected (B, 4 + nc, A) predictions, got shape {pred.shape}")
     out = []
@@ -75,7 +72,7 @@ def non_max_suppression(
             top = np.argsort(-score, kind="stable")[:max_candidates]
             a_idx, cls, score = a_idx[top], cls[top], score[top]
         box = boxes[a_idx]
-        keep = batched_nms(box, score, np.zeros_like(cls) if agnostic else cls, iou)[:max_det]
+        keep = batched_nms(box, score, np.zeros_like(cls) if cfg.agnostic else cls, iou)[:max_det]
         det = np.concatenate([box[keep], score[keep, None], cls[keep, None].astype(box.dtype)], 1)
         out.append(det.astype(np.float32, copy=False).reshape(-1, 6))
     return out
@@ -90,8 +87,8 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_t
     kept = [
         np.nonzero(groups == g)[0][nms(boxes[groups == g], scores[groups == g], iou_thres)] for g in np.unique(groups)
     ]
-    keep = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    return keep[np.argsort(-scores[keep], kind="stable")]
+    keep = np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    return keep[np.argsort(-scores[keep], kind="stable")]  # equal scores in candidate order, as the torch twin
 
 
 def scale_boxes(

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deploy.contract import NMSConfig
+from deploy.errors import DeployError
 from deploy.metadata import RAW_OUTPUT
 from deploy.postprocess import from_nms_outputs, non_max_suppression, scale_boxes
 from deploy.preprocess import preprocess
@@ -36,43 +38,55 @@ class Detections:
 def predict(
     runner: Runner,
     images: np.ndarray | Sequence[np.ndarray],
-    conf: float = 0.25,
-    iou: float = 0.7,
-    max_det: int = 300,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
     classes: list[int] | None = None,
-    agnostic: bool = False,
-    multi_label: bool = True,
+    agnostic: bool | None = None,
+    multi_label: bool | None = None,
+    imgsz: int | tuple[int, int] | None = None,
     chunk: int | None = None,
 ) -> list[Detections]:
     """Detect objects in BGR ``uint8 (H, W, 3)`` image(s); one ``Detections`` per image, in order.
 
-    Graphs without NMS get numpy NMS with these thresholds, multi-label by default like the in-graph NMS
-    variants (a box may be kept once per class above ``conf``), so every export of a model detects alike. Graphs with NMS inside already applied their
-    exported ``conf``/``iou``/``max_det``; here ``conf`` and ``classes`` can only filter further.
+    Pre-processing follows the model's exported ``PreprocessSpec`` (``runner.input_spec(imgsz)``: a
+    dynamic-size graph at ``imgsz`` when given, a fixed-size graph only at its own size). NMS options left
+    None come from the model's exported ``NMSConfig`` (``metadata.postprocess``: the prediction defaults,
+    conf 0.25 and one label per box, unless the export said otherwise). Graphs with NMS inside already applied
+    their exported ``conf``/``iou``/``max_det`` (multi-label); here ``conf``, ``classes`` and ``max_det`` can
+    only filter further.
     """
     imgs = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
+    spec = runner.input_spec(imgsz)
+    try:
+        cfg = runner.metadata.postprocess.updated(
+            conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, multi_label=multi_label
+        )
+    except ValueError as e:
+        raise DeployError(f"predict: {e}") from None
     step = runner.fixed_batch or min(runner.max_batch or DEFAULT_CHUNK, chunk or DEFAULT_CHUNK)
     names = runner.metadata.names
     results: list[Detections] = []
     for start in range(0, len(imgs), step):
         part = imgs[start : start + step]
-        x, ratio_pads, shapes = preprocess(part, runner.input_hw, runner.metadata.stride, runner.input_dtype)
+        x, ratio_pads, shapes = preprocess(part, spec, runner.input_dtype)
         if runner.fixed_batch and len(part) < runner.fixed_batch:  # a static-batch model: pad the last chunk
             x = np.concatenate([x, np.zeros((runner.fixed_batch - len(part), *x.shape[1:]), x.dtype)])
         out = runner(x)
         if runner.has_nms:
-            dets = [_filter(d, conf, classes) for d in from_nms_outputs(out)]
+            dets = [filter_detections(d, cfg) for d in from_nms_outputs(out)]
         else:
             pred = out[RAW_OUTPUT] if RAW_OUTPUT in out else next(iter(out.values()))
-            dets = non_max_suppression(pred.astype(np.float32), conf, iou, max_det, multi_label, classes, agnostic)
+            dets = non_max_suppression(pred.astype(np.float32), cfg)
         for det, rp, shape in zip(dets, ratio_pads, shapes):
             boxes = scale_boxes(det[:, :4], rp, shape)
             results.append(Detections(boxes, det[:, 4].copy(), det[:, 5].astype(np.int64), names))
     return results
 
 
-def _filter(det: np.ndarray, conf: float, classes: list[int] | None) -> np.ndarray:
-    keep = det[:, 4] > conf
-    if classes is not None:
-        keep &= np.isin(det[:, 5].astype(np.int64), np.asarray(classes))
-    return det[keep]
+def filter_detections(det: np.ndarray, cfg: NMSConfig) -> np.ndarray:
+    """Final ``(n, 6)`` detections of an in-graph NMS (best first) narrowed by ``cfg``'s conf, classes, max_det."""
+    keep = det[:, 4] > cfg.conf
+    if cfg.classes is not None:
+        keep &= np.isin(det[:, 5].astype(np.int64), np.asarray(cfg.classes))
+    return det[keep][: cfg.max_det]

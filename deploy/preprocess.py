@@ -1,7 +1,8 @@
 """Images -> model input, in numpy/OpenCV: letterbox, BGR -> RGB, 0..1 float CHW, batching.
 
-``letterbox`` is the numpy twin of ``detector.data.letterbox.letterbox`` (a test checks they agree), so a model
-sees the same pixels in training, in ``detector`` prediction and behind a deploy runner.
+The one letterbox of the project: ``detector`` (validation samples, ``Detector``) calls these functions too
+(through ``detector.ops.letterbox``), so a model sees the same pixels in validation, in ``detector``
+prediction and behind a deploy runner. The geometry comes from ``PreprocessSpec.plan`` (``deploy.contract``).
 """
 
 from __future__ import annotations
@@ -11,70 +12,66 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from deploy.contract import LetterboxPlan, PreprocessSpec
 from deploy.errors import DeployError
 
-PAD_VALUE = 114
 RatioPad = tuple[float, tuple[int, int]]
 
 
+def apply_letterbox(img: np.ndarray, plan: LetterboxPlan, pad_value: int) -> np.ndarray:
+    """Resize ``img (ndarray[H, W, C])`` to ``plan.resized`` (unless it already has that size) and pad it into
+    ``plan.canvas``; area interpolation when shrinking, bilinear when enlarging."""
+    (rh, rw), (ch, cw), (left, top) = plan.resized, plan.canvas, plan.pad
+    if img.shape[:2] != (rh, rw):
+        interp = cv2.INTER_AREA if plan.ratio < 1 else cv2.INTER_LINEAR
+        img = cv2.resize(img, (rw, rh), interpolation=interp)
+    if (ch, cw) != (rh, rw):
+        value = (int(pad_value),) * 3
+        img = cv2.copyMakeBorder(img, top, ch - rh - top, left, cw - rw - left, cv2.BORDER_CONSTANT, value=value)
+    return img
+
+
 def letterbox(
-    img: np.ndarray,
-    new_shape: int | tuple[int, int] = 640,
-    stride: int = 32,
-    auto: bool = False,
-    scaleup: bool = True,
-    color: int | tuple[int, int, int] = PAD_VALUE,
-) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize ``img (ndarray[H, W, C])`` keeping its aspect ratio and pad it to ``new_shape`` (H, W).
+    img: np.ndarray, spec: PreprocessSpec, canvas: tuple[int, int] | None = None
+) -> tuple[np.ndarray, LetterboxPlan]:
+    """Fit ``img (ndarray[H, W, C])`` into a model input as ``spec`` says; ``canvas`` (h, w) overrides the
+    padded shape (a batch's common shape). Returns the letterboxed image and its ``LetterboxPlan``
+    (``original = (letterboxed - plan.pad) / plan.ratio``)."""
+    plan = spec.plan(img.shape[0], img.shape[1], canvas)
+    return apply_letterbox(img, plan, spec.pad_value), plan
 
-    ``auto=True`` pads only up to the next multiple of ``stride`` (rectangular inference); ``scaleup=False``
-    never enlarges. Shrinking uses area interpolation, enlarging bilinear. Returns ``(img, ratio, (padw,
-    padh))``: the left/top padding in whole pixels, so ``original = (letterboxed - pad) / ratio``.
+
+def letterbox_batch(
+    images: Sequence[np.ndarray], spec: PreprocessSpec | int | tuple[int, int]
+) -> tuple[np.ndarray, list[LetterboxPlan]]:
+    """BGR ``uint8 (H_i, W_i, 3)`` images -> ``uint8 (B, 3, H, W)`` RGB letterboxed to one common shape (the
+    largest of their own canvases with ``spec.auto``, else ``spec.size``), and each image's plan.
+
+    A bare size instead of a spec means padding to exactly that size (what a fixed-size graph takes).
     """
-    h0, w0 = img.shape[:2]
-    nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else (int(new_shape[0]), int(new_shape[1]))
-    r = min(nh / h0, nw / w0)
-    if not scaleup:
-        r = min(r, 1.0)
-    rw, rh = max(1, round(w0 * r)), max(1, round(h0 * r))
-    dw, dh = nw - rw, nh - rh
-    if auto:
-        dw, dh = dw % stride, dh % stride
-    if (rw, rh) != (w0, h0):
-        img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
-    left, top = dw // 2, dh // 2
-    if dw or dh:
-        value = (color,) * 3 if isinstance(color, int) else tuple(color)
-        img = cv2.copyMakeBorder(img, top, dh - top, left, dw - left, cv2.BORDER_CONSTANT, value=value)
-    return img, r, (left, top)
-
-
-def to_tensor_layout(img_rgb: np.ndarray, dtype: np.dtype | str = np.float32) -> np.ndarray:
-    """``uint8 (H, W, 3)`` RGB -> ``(3, H, W)`` in 0..1 of ``dtype``."""
-    chw = np.ascontiguousarray(img_rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
-    return chw.astype(dtype, copy=False)  # divide in float32 first, as the torch side does, then narrow
-
-
-def preprocess(
-    images: Sequence[np.ndarray],
-    imgsz: int | tuple[int, int],
-    stride: int = 32,
-    dtype: np.dtype | str = np.float32,
-) -> tuple[np.ndarray, list[RatioPad], list[tuple[int, int]]]:
-    """BGR ``uint8 (H_i, W_i, 3)`` images -> ``batch (ndarray[B, 3, H, W])`` RGB 0..1 of ``dtype``.
-
-    Every image is letterboxed to the same ``imgsz`` so they stack into one batch. Also returns each image's
-    ``(ratio, (padw, padh))`` and original ``(h0, w0)`` for ``postprocess.scale_boxes``.
-    """
+    if not isinstance(spec, PreprocessSpec):
+        spec = PreprocessSpec(spec, auto=False)
     if len(images) == 0:
         raise DeployError("preprocess: no images given")
-    batch, ratio_pads, shapes = [], [], []
     for i, im in enumerate(images):
         if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
             what = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
             raise DeployError(f"preprocess: image {i} must be a uint8 BGR array of shape (H, W, 3), got {what}")
-        boxed, ratio, pad = letterbox(im, imgsz, stride=stride, auto=False)
-        batch.append(to_tensor_layout(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB), dtype))
-        ratio_pads.append((ratio, pad))
-        shapes.append(im.shape[:2])
-    return np.stack(batch), ratio_pads, shapes
+    canvas = spec.batch_canvas([im.shape[:2] for im in images])
+    boxed, plans = zip(*(letterbox(im, spec, canvas) for im in images))
+    batch = np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2)  # BGR HWC -> RGB CHW
+    return np.ascontiguousarray(batch), list(plans)
+
+
+def preprocess(
+    images: Sequence[np.ndarray], spec: PreprocessSpec | int | tuple[int, int], dtype: np.dtype | str = np.float32
+) -> tuple[np.ndarray, list[RatioPad], list[tuple[int, int]]]:
+    """BGR ``uint8 (H_i, W_i, 3)`` images -> ``batch (ndarray[B, 3, H, W])`` RGB 0..1 of ``dtype``, letterboxed
+    as ``spec`` says (``Runner.input_spec()`` gives a model's; a bare size pads to exactly that size).
+
+    Also returns each image's ``(ratio, (padw, padh))`` and original ``(h0, w0)`` for
+    ``postprocess.scale_boxes``.
+    """
+    batch, plans = letterbox_batch(images, spec)
+    x = (batch.astype(np.float32) / np.float32(255)).astype(dtype, copy=False)  # float32 first, then narrow
+    return x, [p.ratio_pad for p in plans], [im.shape[:2] for im in images]

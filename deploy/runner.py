@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.contract import PreprocessSpec
 from deploy.errors import DeployError
 from deploy.metadata import NMS_OUTPUTS, ModelMetadata
 
@@ -46,9 +47,36 @@ class Runner(ABC):
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        """(H, W) to letterbox to: the fixed input size, or the export size for dynamic H/W."""
+        """(H, W) of the largest input: the fixed input size, or the export size for dynamic H/W (``input_spec``
+        says how images are letterboxed)."""
         h, w = self.input_shape[2:4]
         return (h or self.metadata.imgsz[0], w or self.metadata.imgsz[1])
+
+    @property
+    def fixed_hw(self) -> tuple[int, int] | None:
+        """(H, W) of a graph exported for one input size, else None."""
+        h, w = self.input_shape[2:4]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+    def input_spec(self, imgsz: int | tuple[int, int] | None = None) -> PreprocessSpec:
+        """How to letterbox images for this model: the exported ``metadata.preprocess``, at ``imgsz`` when given.
+
+        A graph with a fixed input size takes only that size: asking for another ``imgsz`` raises
+        ``DeployError`` (re-export with ``dynamic_hw=True``, or at that size) instead of silently using its own.
+        """
+        spec = self.metadata.preprocess
+        fixed = self.fixed_hw
+        if fixed is not None:
+            if imgsz is not None and PreprocessSpec(imgsz, auto=False).size != fixed:
+                raise DeployError(
+                    f"{self.path.name} was exported for a fixed {fixed[0]}x{fixed[1]} input and cannot run at "
+                    f"imgsz={imgsz}; leave imgsz unset, or re-export with dynamic_hw=True (or at that imgsz)"
+                )
+            return PreprocessSpec(fixed, spec.stride, spec.pad_value, auto=False, scaleup=spec.scaleup)
+        try:
+            return spec if imgsz is None else spec.with_size(imgsz)
+        except ValueError as e:
+            raise DeployError(f"{self.path.name}: imgsz={imgsz}: {e}") from None
 
     def check_input(self, images: np.ndarray) -> np.ndarray:
         """Validate the batch against the model's input and cast it to ``input_dtype`` (C-contiguous)."""

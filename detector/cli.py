@@ -18,6 +18,10 @@ MODES: dict[str, tuple[str, str]] = {
     "export": ("detector.export:cli_export", "export to ONNX / TensorRT: model=... format=onnx|engine"),
     "benchmark": ("detector.benchmark:cli_benchmark", "latency and throughput per backend and batch size"),
     "info": ("detector.info:cli_info", "layer table, params and GFLOPs: detector info MODEL [imgsz=640] [--json]"),
+    "convert": (
+        "detector.convert.convert:cli_convert",
+        "other frameworks' checkpoints -> ours: detector convert SRC model=NAME",
+    ),
     "data": ("detector.data.check:cli_data", "dataset tools: detector data check|convert ..."),
 }
 

@@ -50,12 +50,10 @@ class DeployGraph(nn.Module):
     def __init__(self, model: DetectionModel) -> None:
         super().__init__()
         self.model = model
-        self.tag = next(t for i, t in model.head_tags.items() if model.layers[i] is model.main_head)
         self.dtype = next(model.parameters()).dtype
 
     def forward(self, images: Tensor) -> Tensor:
-        maps = self.model(images.to(self.dtype), decode=False)[self.tag]
-        return self.model.main_head.decode([m.float() for m in maps])
+        return self.model.infer(images.to(self.dtype))  # decode in float32 (DetectionModel.decode)
 
 
 def load_deploy_model(model_or_ckpt: str | Path | nn.Module) -> DetectionModel:
@@ -84,15 +82,13 @@ def _hw(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int
     return int(h), int(w)
 
 
-def _check_args(format: str, nms: str, batch: int, opset: int, conf: float, iou: float, max_det: int) -> None:
+def _check_args(format: str, nms: str, batch: int, opset: int) -> None:
     if format not in FORMATS:
         raise ConfigError(f"export: format={format!r}; choose one of {list(FORMATS)}")
     if nms not in NMS_CHOICES:
         raise ConfigError(f"export: nms={nms!r}; choose one of {list(NMS_CHOICES)}")
-    if batch < 1 or max_det < 1:
-        raise ConfigError(f"export: batch ({batch}) and max_det ({max_det}) must be >= 1")
-    if not (0 <= conf <= 1 and 0 <= iou <= 1):
-        raise ConfigError(f"export: conf ({conf}) and iou ({iou}) must lie in [0, 1]")
+    if batch < 1:
+        raise ConfigError(f"export: batch ({batch}) must be >= 1")
     from detector.export_nms import MIN_OPSET
 
     if nms == "onnx" and opset < MIN_OPSET:
@@ -155,11 +151,14 @@ def export(
     nms: str = "none",
     opset: int | None = None,
     workspace: float | None = 4,
-    conf: float = 0.25,
-    iou: float = 0.7,
-    max_det: int = 300,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
     out: str | Path | None = None,
     dynamic_hw: bool = False,
+    multi_label: bool | None = None,
+    agnostic: bool | None = None,
+    classes: list[int] | None = None,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -167,17 +166,21 @@ def export(
     batch of a TensorRT engine's profile when ``dynamic``. ``dynamic``: variable batch; ``dynamic_hw``:
     variable H/W as well. ``half``: fp16 weights and compute (float32 input/output, see the module doc).
     ``nms``: "none" (``output0``), "onnx" (NonMaxSuppression op) or "trt" (EfficientNMS_TRT plugin), with
-    thresholds ``conf``/``iou`` and ``max_det`` boxes per image. ``format="engine"`` also writes the ONNX
+    thresholds ``conf``/``iou`` and ``max_det`` boxes per image (unset: the prediction defaults of
+    ``NMSConfig.predict``). The NMS options and the letterbox (``PreprocessSpec``) are written into the metadata
+    (``detector.export_contract``), where ``deploy`` and ``Detector`` read them. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
     """
     import onnx
 
     from deploy.metadata import ModelMetadata
+    from detector.export_contract import export_nms, export_preprocess
     from detector.export_nms import add_nms
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    _check_args(format, nms, batch, opset, conf, iou, max_det)
+    _check_args(format, nms, batch, opset)
+    nms_cfg = export_nms(nms, conf, iou, max_det, multi_label, agnostic, classes)
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
     if half:
@@ -199,7 +202,7 @@ def export(
     if simplify:
         proto = simplify_onnx(proto)
     if nms != "none":
-        add_nms(proto, nms, conf, iou, max_det, opset)
+        add_nms(proto, nms, nms_cfg.conf, nms_cfg.iou, nms_cfg.max_det, opset)
     meta = ModelMetadata(
         names={int(i): str(n) for i, n in model.names.items()},
         strides=[float(s) for s in model.strides],
@@ -210,9 +213,8 @@ def export(
         nms=nms,
         input_dtype="float32",
         precision="fp16" if half else "fp32",
-        conf=conf if nms != "none" else None,
-        iou=iou if nms != "none" else None,
-        max_det=max_det if nms != "none" else None,
+        preprocess=export_preprocess((h, w), int(max(model.strides)), dynamic_hw),
+        postprocess=nms_cfg,
         model=str(model.yaml.get("name", "")),
         version=__version__,
         opset=opset,
@@ -269,9 +271,12 @@ class ExportArgs:
     nms: Literal["none", "onnx", "trt"] = "none"
     opset: int | None = None
     workspace: float | None = 4.0
-    conf: float = 0.25
-    iou: float = 0.7
-    max_det: int = 300
+    conf: float | None = None  # None: the prediction defaults (NMSConfig.predict)
+    iou: float | None = None
+    max_det: int | None = None
+    multi_label: bool | None = None
+    agnostic: bool | None = None
+    classes: list[int] | None = None
     out: str | None = None
 
 
@@ -302,6 +307,9 @@ def cli_export(argv: list[str]) -> int:
         max_det=args.max_det,
         out=args.out,
         dynamic_hw=args.dynamic_hw,
+        multi_label=args.multi_label,
+        agnostic=args.agnostic,
+        classes=args.classes,
     )
     print(f"exported {path}")
     return 0

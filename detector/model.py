@@ -188,11 +188,32 @@ class DetectionModel(nn.Module):
         return self.main_head.strides
 
     @property
-    def main_head(self) -> Head:
-        for i, tag in self.head_tags.items():
-            if tag == "main" or self.specs[i].section != "auxiliary":
-                return self.layers[i]  # type: ignore[return-value]
+    def main_index(self) -> int:
+        """Layer index of the main head: the first head outside the auxiliary section (the one val, predict and
+        export use)."""
+        for i in sorted(self.head_tags):
+            if self.specs[i].section != "auxiliary":
+                return i
         raise RuntimeError("model has no main head")
+
+    @property
+    def main_tag(self) -> str:
+        """Output tag of the main head (``main`` unless the YAML tags it otherwise)."""
+        return self.head_tags[self.main_index]
+
+    @property
+    def main_head(self) -> Head:
+        return self.layers[self.main_index]  # type: ignore[return-value]
+
+    def decode(self, maps: list[Tensor]) -> Tensor:
+        """The main head's raw maps -> ``(Tensor[B, 4 + nc, A])`` float32 (xyxy input pixels, class scores),
+        whatever dtype the body ran in. The one decode entry point of val, predict and export."""
+        return self.main_head.decode(maps)
+
+    def infer(self, images: Tensor) -> Tensor:
+        """``images (Tensor[B, 3, H, W])`` (in the model's dtype) -> the main head's decoded float32
+        ``(B, 4 + nc, A)``; auxiliary heads do not run (call in eval mode)."""
+        return self.decode(self(images, decode=False)[self.main_tag])
 
     def heads(self) -> dict[str, Head]:
         """Every head by output tag (aux heads included while the auxiliary section exists)."""

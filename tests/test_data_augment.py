@@ -10,10 +10,11 @@ from detector.config import ConfigError, build
 from detector.data.augment import AugmentConfig, TrainAugment, flip_lr, flip_ud, hsv_jitter
 from detector.data.dataset import DetectionDataset
 from detector.data.geometry import warp, warp_matrix
-from detector.data.letterbox import letterbox
 from detector.data.load import load_split
 from detector.data.mosaic import mixup, mosaic4
 from detector.data.targets import Targets
+from detector.ops import PreprocessSpec
+from detector.ops.letterbox import letterbox
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray | None:
@@ -32,16 +33,20 @@ def covers(box: np.ndarray, mask: np.ndarray, slack: float = 1.5) -> bool:
 
 def test_letterbox_shapes_ratio_and_padding():
     img = draw(50, 100, [(0, 10, 5, 30, 25)])
-    out, r, (pw, ph) = letterbox(img, 64)
+    out, plan = letterbox(img, PreprocessSpec(64, auto=False))
+    r, (pw, ph) = plan.ratio_pad
     assert out.shape == (64, 64, 3) and r == pytest.approx(0.64) and (pw, ph) == (0, 16)
     assert (out[:16] == 114).all() and (out[48:] == 114).all()
     got = mask_box(colour_mask(out, 0))
     np.testing.assert_allclose(got, np.array([10, 5, 30, 25]) * r + [pw, ph, pw, ph], atol=1)
-    out, r, pad = letterbox(img, 128, auto=True)  # minimal padding to a multiple of 32: none needed here
+    out, plan = letterbox(img, PreprocessSpec(128))  # minimal padding to a multiple of 32: none needed here
+    r, pad = plan.ratio_pad
     assert out.shape == (64, 128, 3) and r == pytest.approx(1.28) and pad == (0, 0)
-    out, r, pad = letterbox(draw(50, 90, []), 128, auto=True)  # 128 x 71 -> 128 x 96
+    out, plan = letterbox(draw(50, 90, []), PreprocessSpec(128))
+    pad = plan.pad  # 128 x 71 -> 128 x 96
     assert out.shape == (96, 128, 3) and pad == (0, 12)
-    out, r, pad = letterbox(img, 320, scaleup=False)  # never enlarge
+    out, plan = letterbox(img, PreprocessSpec(320, auto=False, scaleup=False))  # never enlarge
+    r, pad = plan.ratio_pad
     assert r == 1 and pad == (110, 135) and out.shape == (320, 320, 3)
     original = (np.array([10, 5, 30, 25]) * r + [*pad, *pad] - [*pad, *pad]) / r
     np.testing.assert_allclose(original, [10, 5, 30, 25])

@@ -150,3 +150,33 @@ def test_voc_copy_of_bccd_reads_without_yaml(tmp_path):
         shutil.copy(BCCD / "JPEGImages" / f"{i}.jpg", root / "JPEGImages")
     ls = load_split(root, "test")
     assert [im.image_id for im in ls.images] == ids and ls.names == ["Platelets", "RBC", "WBC"]
+
+
+def test_same_named_images_in_different_folders_get_different_ids(tmp_path):
+    """``val save_json`` used the file stem as image_id: a/x.png and b/x.png became one image."""
+    import json
+
+    import torch
+    from _data_synth import draw, save_rgb
+    from tiny_models import tiny_detector
+
+    from detector.data import build_dataloader
+    from detector.engine.settings import ValConfig
+    from detector.engine.validator import Validator
+    from detector.model import build_model
+
+    for rel in ("a/x.png", "b/x.png", "y.png"):
+        save_rgb(tmp_path / "images" / "val" / rel, draw(64, 96, [(0, 8, 8, 40, 40)]))
+        label = (tmp_path / "labels" / "val" / rel).with_suffix(".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("0 0.25 0.375 0.333 0.5\n")
+    data = write_yaml(tmp_path, {"path": ".", "val": "images/val", "names": ["a", "b", "c"]})
+    ids = sorted(im.image_id for im in load_split(data, "val").images)
+    assert ids == ["images/val/a/x", "images/val/b/x", "y"]  # only colliding stems change
+    loader, _ = build_dataloader(data, "val", imgsz=64, batch=2, workers=0)
+    torch.manual_seed(0)
+    Validator(loader, ["a", "b", "c"], ValConfig(plots=False), torch.device("cpu"), run_dir=tmp_path)(
+        build_model(tiny_detector()), save_json=True
+    )
+    saved = {p["image_id"] for p in json.loads((tmp_path / "predictions.json").read_text())}
+    assert saved == set(ids)

@@ -170,13 +170,15 @@ def test_recent_images_store_reuses_decodes_and_keeps_samples_identical(tmp_path
 
 
 def test_samples_are_rgb(tmp_path):
-    """The pipeline works in BGR internally; samples come out RGB, as ``read_image`` decodes."""
+    """The pipeline works in BGR internally; samples come out RGB, as ``read_image`` decodes (same letterbox)."""
     from detector.data.dataset import DetectionDataset
     from detector.data.image_io import read_image
-    from detector.data.letterbox import letterbox
     from detector.data.load import load_split
 
     labels = load_split(str(Path(__file__).resolve().parents[1] / "datasets" / "bccd"), "train")
     ds = DetectionDataset(labels, imgsz=640, augment=None, batch=1)
-    expected, _, _ = letterbox(read_image(labels.images[0].file), (640, 640), auto=False, scaleup=False)
-    np.testing.assert_array_equal(ds[0]["img"], expected.transpose(2, 0, 1))
+    rgb = read_image(labels.images[0].file)
+    img = ds[0]["img"].transpose(1, 2, 0)
+    assert img.shape[:2] == (640, 640) and rgb.shape[:2] == (480, 640)  # BCCD: 640x480, padded top and bottom
+    top = (640 - 480) // 2
+    np.testing.assert_array_equal(img[top : top + 480], rgb)

@@ -16,9 +16,11 @@ from deploy_testing import ROOT, assert_same_detections, bccd_images, lively_mod
 from deploy import load_runner, predict
 from deploy.errors import DeployError
 from deploy.preprocess import preprocess
-from detector.data.letterbox import letterbox
-from detector.engine.postprocess import non_max_suppression, scale_boxes
 from detector.export import export
+from detector.ops import NMSConfig, PreprocessSpec
+from detector.ops.boxes import scale_boxes
+from detector.ops.letterbox import letterbox
+from detector.ops.nms import non_max_suppression
 
 IMGSZ = 128
 CONF, IOU = 0.3, 0.6
@@ -44,11 +46,11 @@ def torch_pipeline(model, images: list[np.ndarray]) -> list[np.ndarray]:
     deploy_form = copy.deepcopy(model).to_deploy()
     out = []
     for img in images:
-        boxed, ratio, pad = letterbox(img, IMGSZ)
+        boxed, plan = letterbox(img, PreprocessSpec(IMGSZ, auto=False))  # the exports have a fixed size
         x = torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
         with torch.no_grad():
-            (det,) = non_max_suppression(deploy_form(x)["main"], CONF, IOU, 300, multi_label=True)
-        det[:, :4] = scale_boxes(det[:, :4], (ratio, pad), img.shape[:2])
+            (det,) = non_max_suppression(deploy_form.infer(x), NMSConfig(CONF, IOU, multi_label=True))
+        det[:, :4] = scale_boxes(det[:, :4], plan.ratio_pad, img.shape[:2])
         out.append(det.numpy())
     return out
 
@@ -118,7 +120,7 @@ DEPLOY_SCRIPT = textwrap.dedent(
     imgs = [cv2.imread(p) for p in image_paths]
     runner = load_runner(onnx_path, device="auto")
     dets = predict(runner, imgs, conf=0.3, iou=0.6, multi_label=True)
-    x, _, _ = preprocess(imgs, runner.input_hw)
+    x, _, _ = preprocess(imgs, runner.input_spec())
     raw = runner(x)["output0"]
     rows = {f"det{i}": np.concatenate([d.boxes, d.scores[:, None], d.class_ids[:, None]], 1) for i, d in enumerate(dets)}
     np.savez(out_path, raw=raw, **rows)
@@ -146,7 +148,7 @@ def test_deploy_runs_where_torch_cannot_be_imported(exported, tmp_path):
     got = np.load(tmp_path / "out.npz")
     runner = load_runner(raw, device="cpu")
     imgs = bccd_images(3, 30)
-    np.testing.assert_array_equal(got["raw"], runner(preprocess(imgs, IMGSZ)[0])["output0"])
+    np.testing.assert_array_equal(got["raw"], runner(preprocess(imgs, runner.input_spec())[0])["output0"])
     for i, det in enumerate(as_rows(predict(runner, imgs, conf=CONF, iou=IOU, multi_label=True))):
         assert len(det) > 0
         np.testing.assert_array_equal(got[f"det{i}"], det)

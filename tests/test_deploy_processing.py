@@ -10,42 +10,56 @@ import torch
 import torchvision
 from deploy_testing import bccd_images
 
+from deploy.contract import NMSConfig, PreprocessSpec
 from deploy.errors import DeployError
 from deploy.postprocess import from_nms_outputs, nms, non_max_suppression, scale_boxes
 from deploy.preprocess import letterbox, preprocess
 
 
+def square(size, **kw) -> PreprocessSpec:
+    """Pad to the full ``size`` unless ``auto`` is asked for."""
+    return PreprocessSpec(size, **{"auto": False, **kw})
+
+
 def test_letterbox_geometry_on_a_real_image():
     img = bccd_images(1)[0]  # 480 x 640
-    out, ratio, (padw, padh) = letterbox(img, 160)
-    assert out.shape == (160, 160, 3) and ratio == 0.25 and (padw, padh) == (0.0, 20.0)
+    out, plan = letterbox(img, square(160))
+    assert out.shape == (160, 160, 3) and plan.ratio == 0.25 and plan.pad == (0, 20)
     assert (out[:20] == 114).all() and (out[140:] == 114).all()
     np.testing.assert_array_equal(out[20:140], cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA))
-    out, ratio, pad = letterbox(img, 160, stride=32, auto=True)  # pad only to the next multiple of 32
-    assert out.shape == (128, 160, 3) and pad == (0.0, 4.0)
-    out, ratio, pad = letterbox(img[:100, :50], 160, scaleup=False)  # never enlarges
-    assert ratio == 1.0 and out.shape == (160, 160, 3) and pad == (55.0, 30.0)
-    out, ratio, pad = letterbox(img, (96, 160))
-    assert out.shape == (96, 160, 3) and ratio == pytest.approx(0.2) and pad == (16.0, 0.0)
+    out, plan = letterbox(img, PreprocessSpec(160, stride=32, auto=True))  # pad only to the next multiple of 32
+    assert out.shape == (128, 160, 3) and plan.pad == (0, 4)
+    out, plan = letterbox(img[:100, :50], square(160, scaleup=False))  # never enlarges
+    assert plan.ratio == 1.0 and out.shape == (160, 160, 3) and plan.pad == (55, 30)
+    out, plan = letterbox(img, square((96, 160)))
+    assert out.shape == (96, 160, 3) and plan.ratio == pytest.approx(0.2) and plan.pad == (16, 0)
+    out, plan = letterbox(img, PreprocessSpec(160, auto=True), canvas=(160, 192))  # a batch's common shape
+    assert out.shape == (160, 192, 3) and plan.pad == (16, 20)
+    with pytest.raises(ValueError, match="multiple of the stride 32"):
+        PreprocessSpec(100)
 
 
 def test_preprocess_batches_rgb_chw_unit_range():
     imgs = bccd_images(2)
-    x, ratio_pads, shapes = preprocess([imgs[0], imgs[1][:300]], 128, dtype=np.float16)
+    x, ratio_pads, shapes = preprocess([imgs[0], imgs[1][:300]], square(128), dtype=np.float16)
     assert x.shape == (2, 3, 128, 128) and x.dtype == np.float16
     assert shapes == [(480, 640), (300, 640)]
-    boxed = letterbox(imgs[0], 128)[0]
+    boxed = letterbox(imgs[0], square(128))[0]
     np.testing.assert_allclose(x[0, 0], (boxed[..., 2] / 255).astype(np.float16))  # channel 0 is red
-    assert ratio_pads[1] == (0.2, (0.0, 34.0))
+    assert ratio_pads[1] == (0.2, (0, 34))
+    # minimal padding: the batch takes the larger canvas of its images (96x128 and 64x128 -> 96x128)
+    x, ratio_pads, _ = preprocess([imgs[0], imgs[1][:300]], PreprocessSpec(128))
+    assert x.shape == (2, 3, 96, 128) and ratio_pads == [(0.2, (0, 0)), (0.2, (0, 18))]
     with pytest.raises(DeployError, match="image 1 must be a uint8 BGR array"):
-        preprocess([imgs[0], imgs[1].astype(np.float32)], 128)
+        preprocess([imgs[0], imgs[1].astype(np.float32)], square(128))
 
 
 def test_scale_boxes_inverts_the_letterbox():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, [600, 440], (50, 2))
     orig = np.concatenate([xy, xy + rng.uniform(1, 40, (50, 2))], 1).astype(np.float32)
-    _, ratio, (padw, padh) = letterbox(bccd_images(1)[0], (256, 320))
+    _, plan = letterbox(bccd_images(1)[0], square((256, 320)))
+    ratio, (padw, padh) = plan.ratio_pad
     boxed = orig * ratio + np.array([padw, padh, padw, padh], np.float32)
     back = scale_boxes(boxed, (ratio, (padw, padh)), (480, 640))
     np.testing.assert_allclose(back, np.clip(orig, 0, [640, 480, 640, 480]), rtol=1e-5, atol=1e-3)
@@ -93,7 +107,7 @@ def torchvision_reference(pred, conf, iou, max_det, multi_label, classes, agnost
 def test_numpy_nms_equals_torchvision(multi_label, agnostic, classes, max_det):
     for seed in range(3):
         pred = clustered_predictions(seed)
-        got = non_max_suppression(pred, 0.25, 0.5, max_det, multi_label, classes, agnostic)
+        got = non_max_suppression(pred, NMSConfig(0.25, 0.5, max_det, multi_label, agnostic, classes))
         ref = torchvision_reference(pred, 0.25, 0.5, max_det, multi_label, classes, agnostic)
         for g, r in zip(got, ref):
             assert len(r) > 3 and g.shape == r.shape
@@ -123,29 +137,16 @@ def test_from_nms_outputs_reads_only_valid_rows():
         from_nms_outputs({k: v for k, v in outputs.items() if k != "det_classes"})
 
 
-def test_letterbox_equals_detector_twin():
-    twin = pytest.importorskip("detector.data.letterbox", reason="detector.data (branch data) not merged yet")
-    img = bccd_images(1)[0]
-    cases = [
-        (img, 160, {}),
-        (img, (96, 160), {}),
-        (img, 160, {"auto": True}),
-        (img[:100, :50], 160, {"scaleup": False}),
-    ]
-    for im, shape, kw in cases:
-        ours, r1, p1 = letterbox(im, shape, **kw)
-        theirs, r2, p2 = twin.letterbox(im, shape, **kw)
-        np.testing.assert_array_equal(ours, theirs)
-        assert r1 == pytest.approx(r2) and tuple(p1) == pytest.approx(tuple(p2))
-
-
 def test_nms_and_scaling_equal_detector_twins():
-    post = pytest.importorskip("detector.engine.postprocess", reason="detector.engine (branch losses) not merged yet")
+    from detector.ops.boxes import scale_boxes as torch_scale_boxes
+    from detector.ops.nms import non_max_suppression as torch_nms
+
     settings = [(False, None, False), (True, None, False), (True, [0, 2], False), (False, None, True)]
     for seed, (multi_label, classes, agnostic) in enumerate(settings):
         pred = clustered_predictions(11 + seed)
-        got = non_max_suppression(pred, 0.25, 0.6, 100, multi_label, classes, agnostic)
-        ref = post.non_max_suppression(torch.from_numpy(pred), 0.25, 0.6, 100, multi_label, classes, agnostic)
+        cfg = NMSConfig(0.25, 0.6, 100, multi_label, agnostic, classes)
+        got = non_max_suppression(pred, cfg)
+        ref = torch_nms(torch.from_numpy(pred), cfg)
         for g, r in zip(got, ref):
             assert len(g) > 3
             np.testing.assert_array_equal(g, r.numpy())
@@ -153,7 +154,7 @@ def test_nms_and_scaling_equal_detector_twins():
     ratio_pad = (0.4, (0.0, 32.0))
     np.testing.assert_allclose(
         scale_boxes(boxes, ratio_pad, (480, 640)),
-        post.scale_boxes(torch.from_numpy(boxes), ratio_pad, (480, 640)).numpy(),
+        torch_scale_boxes(torch.from_numpy(boxes), ratio_pad, (480, 640)).numpy(),
         rtol=1e-6,
         atol=1e-4,
     )
@@ -169,3 +170,20 @@ def test_onnx_providers_follow_the_device():
     assert choose_providers(["CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
     with pytest.raises(DeployError, match=r'no CUDA provider.*pip install "detector\[gpu\]"'):
         choose_providers(["CPUExecutionProvider"], "cuda")
+
+
+def test_metadata_carries_the_contract_and_reads_older_files():
+    from deploy.metadata import ModelMetadata
+
+    meta = ModelMetadata(names={0: "a"}, imgsz=(96, 128), dynamic_hw=True, postprocess=NMSConfig.predict(iou=0.5))
+    back = ModelMetadata.from_props(meta.to_props())
+    assert back.preprocess == PreprocessSpec((96, 128), 32, auto=True) and back.postprocess.iou == 0.5
+    assert back.conf is None  # a raw graph has no baked thresholds
+    # written before `preprocess`/`postprocess` existed: derived from imgsz/dynamic_hw and conf/iou/max_det
+    old = {"names": '{"0": "a"}', "imgsz": "[64, 64]", "nms": "onnx", "conf": "0.3", "iou": "0.5", "max_det": "20"}
+    legacy = ModelMetadata.from_props(old)
+    assert legacy.preprocess == PreprocessSpec(64, 32, auto=False)
+    assert legacy.postprocess == NMSConfig(0.3, 0.5, 20, multi_label=True)
+    assert (legacy.conf, legacy.iou, legacy.max_det) == (0.3, 0.5, 20)
+    with pytest.raises(DeployError, match="bad preprocess/postprocess metadata"):
+        ModelMetadata.from_props({**old, "postprocess": '{"conf": 7}'}, origin="m.onnx")

@@ -15,9 +15,10 @@ from deploy import load_runner
 from deploy.errors import DeployError
 from deploy.metadata import NMS_OUTPUTS
 from deploy.preprocess import preprocess
-from detector.engine.postprocess import non_max_suppression
 from detector.export import export
 from detector.export_nms import TRT_DOMAIN, TRT_PLUGIN
+from detector.ops import NMSConfig
+from detector.ops.nms import non_max_suppression
 
 IMGSZ = 160
 CONF, IOU = 0.25, 0.6
@@ -27,7 +28,7 @@ def torch_multilabel_nms(pred: torch.Tensor, conf: float, iou: float, max_det: i
     """Reference: the framework's own PyTorch NMS, multi-label (every (box, class) above ``conf``, per-class
     suppression), which is what both in-graph variants compute: ONNX NonMaxSuppression over a class axis and
     TensorRT's EfficientNMS both suppress per class and may keep one box for several classes."""
-    return non_max_suppression(pred, conf, iou, max_det, multi_label=True)
+    return non_max_suppression(pred, NMSConfig(conf, iou, max_det, multi_label=True))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from detector.nn.heads import make_anchors
 from detector.registry import LOSSES
 
 NC = 3
-# stand-in heads: DDetect ("tal": 16 bins, anchors at cell centres) and ZeroHead ("aota": reg_max 16 + 1, offset 0)
+# stand-in heads: DDetect ("tal": 16 bins, anchors at cell centres) and ZeroHead ("aota": reg_max 17 bins, offset 0)
 HEADS = {
     "tal": dict(nc=NC, bins=16, anchor_offset=0.5),
     "aota": dict(nc=NC, bins=17, anchor_offset=0.0),

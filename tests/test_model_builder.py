@@ -67,3 +67,45 @@ def test_absolute_index_rejected():
 def test_unknown_model_name_suggests():
     with pytest.raises(ConfigError, match="did you mean"):
         build_model("gelan-tt")
+
+
+def test_main_head_under_another_tag_runs_everywhere():
+    """The main head is the first head outside ``auxiliary``, whatever its tag; predict must not assume "main"."""
+    from detector.predict.backends import TorchBackend
+
+    cfg = tiny_detector()
+    cfg["head"] = [{"DDetect": {"from": ["P3", "B4", "B5"], "tag": "det"}}]
+    m = build_model(cfg).eval()
+    assert (m.main_tag, m.main_index) == ("det", 6) and m.main_head is m.layers[6]
+    x = torch.rand(1, 3, 64, 64)
+    out = TorchBackend(m, torch.device("cpu"))(x)  # raised KeyError 'main' before
+    assert torch.equal(out, m(x)["det"]) and torch.equal(out, m.infer(x))
+
+
+def test_half_model_decodes_in_float32():
+    """fp16 body, fp32 decode: the eval output, ``infer`` and the export graph agree with decoding the fp16 raw
+    maps in float32, and differ from decoding in fp16 (which rounds pixel coordinates)."""
+    from detector.export import DeployGraph
+
+    torch.manual_seed(0)
+    m = build_model(TINY).eval().half()
+    x = torch.rand(1, 3, 640, 640).half()  # CPU fp16 convolutions: slow but exact enough for a 5-conv model
+    with torch.no_grad():
+        raw = m(x, decode=False)["main"]
+        want = m.main_head.decode([r.float() for r in raw])
+        for got in (m(x)["main"], m.infer(x), DeployGraph(m)(x.float())):
+            assert got.dtype == torch.float32 and torch.equal(got, want)
+        # what decoding in fp16 would give: boxes near the far corner lose precision (0.5 px steps above 512)
+        in_half = (want[:, :4] - want[:, :4].half().float()).abs().max()
+    assert in_half > 0.01
+
+
+def test_reg_max_is_the_bin_count_in_every_head():
+    from detector.nn.zerohead import ZeroHead
+
+    ddetect = build_model(TINY).main_head
+    zero = ZeroHead([8, 16, 32], nc=3, strides=[8, 16, 32], reg_max=16)
+    assert ddetect.reg_max == ddetect.bins == 16 and zero.reg_max == zero.bins == 16
+    assert zero.reg[0].out_channels == ddetect.box[0][-1].out_channels == 4 * 16
+    with pytest.raises(ValueError, match="at least 2 bins"):
+        ZeroHead([8], nc=3, strides=[8], reg_max=1)

@@ -192,3 +192,49 @@ def test_unreadable_image_in_directory_is_skipped_and_reported(det, tmp_path):
     results = det.predict(tmp_path, imgsz=160)
     assert [Path(r.path).name for r in results] == ["a.jpg"]
     assert len(det.skipped) == 1 and det.skipped[0][0].endswith("b.jpg") and "empty" in det.skipped[0][1]
+
+
+def test_save_keeps_sub_paths_of_same_named_files(ckpt, tmp_path):
+    """A directory source is searched recursively (as dataset splits are) and outputs keep the sub-path below
+    it: 10 inputs, 4 of them named x.jpg, give 10 images and 10 label files."""
+    from detector.predict.cli import cli_predict
+
+    src = tmp_path / "src"
+    rels = [
+        "x.jpg",
+        "a/x.jpg",
+        "b/x.jpg",
+        "b/c/x.jpg",
+        "y.jpg",
+        "a/y.jpg",
+        "a/z.png",
+        "b/z.jpg",
+        "b/c/w.jpg",
+        "d/v.jpg",
+    ]
+    for i, rel in enumerate(rels):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(src / rel), cv2.imread(str(IMAGES[i % len(IMAGES)])))
+    args = [f"model={ckpt}", f"source={src}", "imgsz=160", "save_txt=True", f"project={tmp_path}", "name=run",
+            "device=cpu", "verbose=False", "multi_label=True", "conf=0.3"]  # fmt: skip
+    assert cli_predict(args) == 0
+    run = tmp_path / "run"
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*.*") if "labels" not in p.parts) == sorted(rels)
+    labels = sorted(str(p.relative_to(run / "labels")) for p in (run / "labels").rglob("*.txt"))
+    assert labels == sorted(str(Path(r).with_suffix(".txt")) for r in rels)
+    # the CLI passed multi_label and conf on: the label file of x.jpg equals the API's multi-label detections
+    (r,) = Detector(ckpt, device="cpu").predict(src / "x.jpg", imgsz=160, multi_label=True, conf=0.3)
+    assert len((run / "labels" / "x.txt").read_text().splitlines()) == len(r) > 0
+
+
+def test_nms_defaults_are_the_predict_preset(det):
+    from detector.ops import NMSConfig
+
+    assert det.nms == NMSConfig.predict() and not det.nms.multi_label and det.nms.conf == 0.25
+    single = det.predict(IMAGES[0], imgsz=160)[0]
+    multi = det.predict(IMAGES[0], imgsz=160, multi_label=True)[0]
+    assert len(multi) >= len(single) > 0
+    with pytest.raises(DetectorError, match=r"conf=2 must lie in \[0, 1\]"):
+        det.predict(IMAGES[0], conf=2)
+    with pytest.raises(DetectorError, match=r"multiple of the stride 32"):
+        det.predict(IMAGES[0], imgsz=100)

@@ -103,7 +103,7 @@ def test_train_raw_maps_and_eval_decode(built):
 def test_zerohead_contract_and_init():
     head = ZeroHead([8, 16, 32], nc=5, strides=[8, 16, 32])
     assert (head.loss, head.bins, head.anchor_offset) == ("aota", 17, 0.0)
-    assert ZeroHead([8], nc=5, strides=[8], reg_max=7).bins == 8
+    assert ZeroHead([8], nc=5, strides=[8], reg_max=8).bins == 8
     for cls in head.cls:
         assert torch.allclose(cls.bias.sigmoid(), torch.full((5,), 0.01))
         assert cls.kernel_size == (3, 3)

@@ -1,10 +1,8 @@
 """Data pipeline: dataset formats -> validated, cached label table -> augmented samples -> batches.
 
 Public entry points: ``build_dataloader`` (batches for the engine), ``load_split`` (the label table of a split),
-``letterbox`` (shared pre-processing), ``AugmentConfig``. ``detector data check|convert`` lives in ``check.py``.
-
-Names are imported on first use, so ``from detector.data.letterbox import letterbox`` (used by ``deploy/``)
-does not import torch.
+``AugmentConfig``. ``detector data check|convert`` lives in ``check.py``. The letterbox is the inference
+contract's (``detector.ops.letterbox``). Names are imported on first use.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ _EXPORTS = {
     "LabelSet": "detector.data.labels",
     "Problem": "detector.data.labels",
     "build_dataloader": "detector.data.loader",
-    "letterbox": "detector.data.letterbox",
     "load_split": "detector.data.load",
     "resolve_dataset": "detector.data.spec",
 }

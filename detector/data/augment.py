@@ -25,9 +25,10 @@ import numpy as np
 
 from detector.config import Range, check_limits
 from detector.data.geometry import warp, warp_matrix
-from detector.data.letterbox import letterbox
 from detector.data.mosaic import mixup, mosaic4
 from detector.data.targets import Targets
+from detector.ops import PreprocessSpec
+from detector.ops.letterbox import letterbox
 
 Loader = Callable[[int], tuple[np.ndarray, Targets]]
 """``load(index) -> (image resized to the training size, its targets)``."""
@@ -163,8 +164,8 @@ class TrainAugment:
 
 def letterbox_sample(img: np.ndarray, t: Targets, shape: tuple[int, int]) -> tuple[np.ndarray, Targets]:
     """Letterbox ``img`` into ``shape`` ``(h, w)`` and move its boxes with it."""
-    out, r, (pw, ph) = letterbox(img, shape, auto=False, scaleup=True)
-    return out, t.scaled(r, r, pw, ph)
+    out, plan = letterbox(img, PreprocessSpec(shape, auto=False))
+    return out, t.scaled(plan.ratio, plan.ratio, *plan.pad)
 
 
 def hsv_jitter(

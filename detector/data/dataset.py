@@ -31,11 +31,12 @@ from detector.data.augment import AugmentConfig, TrainAugment
 from detector.data.image_cache import ImageCache
 from detector.data.image_io import ImageReadError, read_image, resize_long_side
 from detector.data.labels import ImageLabels, LabelSet, Problem, problem
-from detector.data.letterbox import letterbox
 from detector.data.recent_images import RecentImages, recent_capacity
 from detector.data.samplers import rect_shapes
 from detector.data.targets import Targets
 from detector.errors import DetectorError
+from detector.ops import PreprocessSpec
+from detector.ops.letterbox import apply_letterbox
 
 LOG = logging.getLogger("detector.data")
 MAX_REPLACEMENTS = 16
@@ -74,10 +75,12 @@ class DetectionDataset(Dataset):
         self.category_ids: list[int] = list(labels.category_ids)
         self.problems: list[Problem] = list(labels.problems)
         self.imgsz, self.stride, self.seed, self.rect = imgsz, stride, seed, rect
+        # validation samples: the same letterbox as Detector/deploy; rect batches pad to their common shape
+        self.spec = PreprocessSpec(imgsz, stride, auto=rect)
         self.augment = augment
         self.transform = TrainAugment(augment, imgsz, bgr=True) if augment is not None else None
         self.order, self.batch_shapes = (
-            rect_shapes([im.shape for im in self.labels], batch, imgsz, stride) if rect else (None, None)
+            rect_shapes([im.shape for im in self.labels], batch, self.spec) if rect else (None, None)
         )
         # [epoch, mosaic on]: shared memory, so persistent workers see changes made in the main process
         self._state = torch.tensor([0, int(augment is not None and augment.mosaic > 0)], dtype=torch.int64)
@@ -136,11 +139,11 @@ class DetectionDataset(Dataset):
         index, img, ratio = self._load_usable(index)
         im = self.labels[index]
         if self.transform is None:
-            shape = self.batch_shapes[index] if self.batch_shapes else (self.imgsz, self.imgsz)
-            img, r2, pad = letterbox(img, shape, stride=self.stride, auto=False, scaleup=False)
-            ratio *= r2
-            boxes = im.boxes * ratio + np.array([*pad, *pad], dtype=np.float32)
-            cls, ratio_pad = im.cls, (ratio, pad)
+            # the inference contract: the image is already scaled by the spec (load_image), only padded here
+            plan = self.spec.plan(*im.shape, self.batch_shapes[index] if self.batch_shapes else None)
+            img = apply_letterbox(img, plan, self.spec.pad_value)
+            boxes = im.boxes * plan.ratio + np.array([*plan.pad, *plan.pad], dtype=np.float32)
+            cls, ratio_pad = im.cls, plan.ratio_pad
         else:
             shape = self.batch_shapes[index] if self.batch_shapes else None
             first = [(index, img, ratio)]  # the image already loaded is the first one the pipeline asks for

@@ -7,12 +7,13 @@ starts again, so a trainer that forgets it still gets a new order every epoch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
+
+from detector.ops import PreprocessSpec
 
 EpochHook = Callable[[int], None]
 
@@ -68,27 +69,26 @@ class EpochSampler(_EpochCounter, DistributedSampler):
 
 
 def rect_shapes(
-    shapes: list[tuple[int, int]], batch: int, imgsz: int, stride: int = 32
+    shapes: list[tuple[int, int]], batch: int, spec: PreprocessSpec
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Group images of similar aspect ratio into batches with the least padding.
 
     Args:
-        shapes: original ``(h, w)`` per image.
+        shapes: original ``(h, w)`` per image. spec: the letterbox (``auto`` minimal padding).
     Returns:
         ``order`` (ndarray[N]): image indices sorted by ``h / w``; consecutive runs of ``batch`` form batches.
-        ``batch_shape`` per image index: the ``(h, w)`` its batch is padded to, i.e. the largest image of the
-        batch after scaling its longer side to ``imgsz``, rounded up to a multiple of ``stride``.
+        ``batch_shape`` per image index: the ``(h, w)`` its batch is padded to, ``spec.batch_canvas`` of the
+        batch (the largest image after scaling by ``spec``, rounded up to a multiple of ``spec.stride``), the
+        same shape ``Detector`` gives the same images batched together.
     """
     hw = np.array(shapes, dtype=np.float64).reshape(-1, 2)
     order = np.argsort(hw[:, 0] / hw[:, 1], kind="stable")
-    r = imgsz / hw.max(1)
-    resized = np.stack([np.maximum(1, np.round(hw[:, 0] * r)), np.maximum(1, np.round(hw[:, 1] * r))], 1)
     per_image: list[tuple[int, int]] = [(0, 0)] * len(hw)
     for start in range(0, len(order), batch):
         idx = order[start : start + batch]
-        h, w = (math.ceil(v / stride) * stride for v in resized[idx].max(0))
+        canvas = spec.batch_canvas([shapes[i] for i in idx])
         for i in idx:
-            per_image[i] = (int(h), int(w))
+            per_image[i] = canvas
     return order, per_image
 
 

@@ -152,6 +152,10 @@ def build_train_model(cfg: TrainConfig, names: list[str], device: torch.device, 
         model.load_state_dict(resume["train_model"])
     else:
         model = initial_model(cfg.model, len(names))
+        if cfg.weights:
+            from detector.convert.init_weights import load_weights
+
+            LOGGER.info(f"weights={cfg.weights}: {load_weights(model, cfg.weights).summary()}")
     model.names = dict(enumerate(names))
     use_fused_bn(model, cfg.fused_bn)  # the fused BatchNorm + SiLU kernel where it runs (CUDA)
     return model.to(device).train()

@@ -10,8 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detector.config import Range
+from detector.config import ConfigError, Range
 from detector.data.augment import AugmentConfig
+from detector.ops import NMSConfig
+
+VAL_NMS = NMSConfig.val()  # the defaults of validation's NMS keys (docs/interfaces.md: which mode uses which)
 
 UNIT = Range(0, 1)  # probabilities, thresholds, fractions
 POSITIVE = Range(0, open_low=True)
@@ -52,10 +55,12 @@ class ValConfig:
     """Validation during training (and the defaults of ``detector val``)."""
 
     split: str = "val"
-    conf: float = 0.001
-    iou: float = 0.7
-    max_det: int = 300
-    multi_label: bool = True  # a box may count once per class above conf (the COCO mAP convention)
+    conf: float = VAL_NMS.conf
+    iou: float = VAL_NMS.iou
+    max_det: int = VAL_NMS.max_det
+    multi_label: bool = VAL_NMS.multi_label  # a box may count once per class above conf (the COCO mAP convention)
+    agnostic: bool = VAL_NMS.agnostic  # NMS across classes
+    classes: list[int] | None = None  # evaluate only these class ids' detections (None: all)
     batch: int | None = None  # default: 2x the training batch
     period: int = 1  # validate every N epochs (the last epoch always)
     save_json: bool = False
@@ -65,12 +70,21 @@ class ValConfig:
         "conf": UNIT, "iou": UNIT, "max_det": AT_LEAST_ONE, "batch": AT_LEAST_ONE, "period": AT_LEAST_ONE,
     }  # fmt: skip
 
+    def nms(self) -> NMSConfig:
+        """The NMS these keys describe; a value out of range raises ``ConfigError`` naming the key."""
+        try:
+            return NMSConfig.val(conf=self.conf, iou=self.iou, max_det=self.max_det, multi_label=self.multi_label,
+                                 agnostic=self.agnostic, classes=self.classes)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"val: {e}") from None
+
 
 @dataclass
 class TrainConfig:
     """Everything a training run reads. Saved as ``args.yaml`` in the run dir and inside every checkpoint."""
 
     model: str = "gelan-t"  # zoo name, model YAML, or a .pt checkpoint to start from
+    weights: str = ""  # initialise from this checkpoint (ours, or made by `detector convert`); matching tensors only
     data: str = ""  # dataset YAML (path or name under configs/data)
     epochs: int = 100
     imgsz: int = 640
@@ -114,10 +128,12 @@ class ValRunConfig:
     batch: int = 16
     device: str = ""
     workers: int = 4
-    conf: float = 0.001
-    iou: float = 0.7
-    max_det: int = 300
-    multi_label: bool = True
+    conf: float = VAL_NMS.conf
+    iou: float = VAL_NMS.iou
+    max_det: int = VAL_NMS.max_det
+    multi_label: bool = VAL_NMS.multi_label
+    agnostic: bool = VAL_NMS.agnostic
+    classes: list[int] | None = None
     save_json: bool = False
     plots: bool = True
     project: str = "runs/val"

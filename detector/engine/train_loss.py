@@ -22,7 +22,7 @@ class TrainLoss:
 
     def __init__(self, model: nn.Module, loss_cfg: dict) -> None:
         heads = model.heads()
-        self.main_tag = next(t for t, h in heads.items() if h is model.main_head)
+        self.main_tag = model.main_tag
         self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
         self.losses = {tag: LOSSES.get(head.loss)(head, loss_cfg) for tag, head in self.heads.items()}
         self.main = self.losses[self.main_tag]

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from detector.engine.coco_crosscheck import EvaluatedImage, cross_check
-from detector.engine.postprocess import non_max_suppression, scale_boxes
 from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
 from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
+from detector.ops.boxes import scale_boxes
+from detector.ops.nms import non_max_suppression
 
 LOGGER = logging.getLogger("detector")
 TABLE_COLUMNS = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -114,8 +115,7 @@ class Validator:
         return result
 
     def _run(self, model, *, plots: bool, save_json: bool) -> ValResult:
-        head = model.main_head
-        tag = next(t for i, t in model.head_tags.items() if model.layers[i] is head)
+        tag, nms = model.main_tag, self.cfg.nms()
         evaluator = COCOEvaluator()
         confusion = ConfusionMatrix(len(self.names)) if plots else None
         predictions: list[dict] | None = [] if save_json else None
@@ -137,9 +137,7 @@ class Validator:
                 items = self.loss(maps, targets)[1].detach().float()
                 loss_sum = items if loss_sum is None else loss_sum + items
             t2 = time.perf_counter()
-            dets = non_max_suppression(
-                head.decode(maps), self.cfg.conf, self.cfg.iou, self.cfg.max_det, multi_label=self.cfg.multi_label
-            )
+            dets = non_max_suppression(model.decode(maps), nms)
             dets = [d.float().cpu() for d in dets]  # results leave the device batch by batch: flat memory
             t3 = time.perf_counter()
             times += (t1 - t0, t2 - t1, t3 - t2)
@@ -286,8 +284,9 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
     model = model_from_checkpoint(cfg.model, deploy=True).to(device)
-    val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label, batch=cfg.batch,
-                        save_json=cfg.save_json, plots=cfg.plots)  # fmt: skip
+    val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label,
+                        agnostic=cfg.agnostic, classes=cfg.classes, batch=cfg.batch, save_json=cfg.save_json,
+                        plots=cfg.plots)  # fmt: skip
     validator = Validator(loader, names, val_cfg, device, run_dir=run_dir, amp_dtype=amp_dtype(device, True))
     LOGGER.info(f"validating {cfg.model} on {data} ({cfg.split}, {len(dataset)} images, imgsz {imgsz})")
     result = validator(model, plots=cfg.plots, save_json=cfg.save_json)

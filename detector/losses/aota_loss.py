@@ -35,7 +35,7 @@ class AlignedOTALossConfig:
 
 @LOSSES.register("aota")
 class AlignedOTALoss:
-    """``loss(maps, batch) -> (loss, items)`` for DAMO-YOLO's ZeroHead (``bins = reg_max + 1``, anchors offset 0).
+    """``loss(maps, batch) -> (loss, items)`` for DAMO-YOLO's ZeroHead (``bins = reg_max``, 17, anchors offset 0).
 
     Normalisation as in GFL/DAMO: QFL is summed over anchors and classes and divided by the number of positives
     (at least 1); GIoU and DFL are weighted per positive by its highest predicted class probability (detached)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from detector.losses.assignment import Assignment
-from detector.nn.heads import dist2bbox, make_anchors
+from detector.ops.decode import AnchorCache, dfl_expectation, dist2bbox, flatten_maps
 
 
 @dataclass
@@ -36,9 +36,7 @@ class HeadOutputs:
 
     def distances(self) -> Tensor:
         """Expected ltrb distance in stride units (softmax over bins, then the mean bin), ``Tensor[B, A, 4]``."""
-        bins = self.dist_logits.shape[-1]
-        project = torch.arange(bins, device=self.dist_logits.device, dtype=self.dist_logits.dtype)
-        return self.dist_logits.softmax(-1) @ project
+        return dfl_expectation(self.dist_logits, dim=-1)
 
     def boxes_grid(self) -> Tensor:
         """Decoded xyxy boxes in grid units of each anchor's level, ``Tensor[B, A, 4]``."""
@@ -62,33 +60,18 @@ def foreground_box_pairs(assignment: Assignment, out: HeadOutputs, pred_grid: Te
 
 class HeadOutputReader:
     """Splits raw maps ``[(B, 4 * bins + nc, H_i, W_i)]`` of ``head`` (attributes ``nc``, ``bins``, ``strides``,
-    ``anchor_offset``) into ``HeadOutputs``; anchors are cached while the map sizes stay the same."""
+    ``anchor_offset``) into ``HeadOutputs``, with the layout and anchors of ``detector.ops.decode``."""
 
     def __init__(self, head: Any) -> None:
         self.nc = int(head.nc)
         self.bins = int(head.bins)
         self.strides = [float(s) for s in head.strides]
-        self.anchor_offset = float(head.anchor_offset)
-        self._cache: tuple[tuple, Tensor, Tensor] | None = None
-
-    def _anchors(self, shapes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, Tensor]:
-        key = (tuple(shapes), device)
-        if self._cache is None or self._cache[0] != key:
-            points, strides = make_anchors(shapes, self.strides, self.anchor_offset, device, torch.float32)
-            self._cache = (key, points, strides)
-        return self._cache[1], self._cache[2]
+        self.anchors = AnchorCache(self.strides, float(head.anchor_offset))
 
     def __call__(self, maps: list[Tensor]) -> HeadOutputs:
-        channels = 4 * self.bins + self.nc
         if len(maps) != len(self.strides):
             raise ValueError(f"loss got {len(maps)} maps for a head with {len(self.strides)} strides")
-        for m in maps:
-            if m.dim() != 4 or m.shape[1] != channels:
-                raise ValueError(
-                    f"raw map of shape {tuple(m.shape)} does not match (B, 4 * {self.bins} + {self.nc}, H, W)"
-                )
-        b = maps[0].shape[0]
-        flat = torch.cat([m.reshape(b, channels, -1) for m in maps], 2).float().transpose(1, 2)  # (B, A, C)
-        dist, cls = flat.split((4 * self.bins, self.nc), -1)
-        points, strides = self._anchors([tuple(m.shape[2:]) for m in maps], maps[0].device)
-        return HeadOutputs(dist.reshape(b, -1, 4, self.bins), cls, points, strides)
+        dist, cls = flatten_maps(maps, self.nc, self.bins)  # (B, 4 * bins, A), (B, nc, A)
+        b = dist.shape[0]
+        points, strides = self.anchors(maps)
+        return HeadOutputs(dist.transpose(1, 2).reshape(b, -1, 4, self.bins), cls.transpose(1, 2), points, strides)

@@ -1,4 +1,7 @@
-"""Anchor-free DFL detection heads: the shared ``DFLHead`` base (raw layout, decode) and DDetect (YOLOv9 / GELAN)."""
+"""Anchor-free DFL detection heads: the shared ``DFLHead`` base (raw layout, decode) and DDetect (YOLOv9 / GELAN).
+
+``make_anchors``, ``dist2bbox`` and ``bbox2dist`` live in ``detector.ops.decode`` (re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from torch import Tensor, nn
 
 from detector.nn.block import Head
 from detector.nn.conv import Conv
+from detector.ops.decode import AnchorCache, bbox2dist, decode_maps, dist2bbox, make_anchors
 from detector.registry import BLOCKS
+
+__all__ = ["BinnedHead", "DDetect", "DFLHead", "bbox2dist", "dist2bbox", "make_anchors", "make_divisible"]
 
 
 def make_divisible(x: float, divisor: int) -> int:
@@ -17,83 +23,25 @@ def make_divisible(x: float, divisor: int) -> int:
     return int(math.ceil(x / divisor) * divisor)
 
 
-def make_anchors(
-    shapes: list[tuple[int, int]], strides: list[float], offset: float = 0.5, device=None, dtype=None
-) -> tuple[Tensor, Tensor]:
-    """Anchor points of every cell of every level, in grid units, and each point's stride.
-
-    Returns ``points (Tensor[A, 2])`` as (x, y) and ``stride (Tensor[A, 1])``, A = sum(H_i * W_i).
-    """
-    points, stride_col = [], []
-    for (h, w), s in zip(shapes, strides):
-        sy = torch.arange(h, device=device, dtype=dtype) + offset
-        sx = torch.arange(w, device=device, dtype=dtype) + offset
-        yy, xx = torch.meshgrid(sy, sx, indexing="ij")
-        points.append(torch.stack((xx, yy), -1).reshape(-1, 2))
-        stride_col.append(torch.full((h * w, 1), s, device=device, dtype=dtype))
-    return torch.cat(points), torch.cat(stride_col)
-
-
-def dist2bbox(distance: Tensor, points: Tensor, dim: int = -1) -> Tensor:
-    """(left, top, right, bottom) distances from ``points`` -> (x1, y1, x2, y2) boxes along ``dim``."""
-    lt, rb = distance.chunk(2, dim)
-    return torch.cat((points - lt, points + rb), dim)
-
-
-def bbox2dist(points: Tensor, boxes: Tensor, reg_max: float) -> Tensor:
-    """Inverse of ``dist2bbox``: xyxy ``boxes (Tensor[..., 4])`` -> ltrb distances clamped to [0, reg_max]."""
-    x1y1, x2y2 = boxes.chunk(2, -1)
-    return torch.cat((points - x1y1, x2y2 - points), -1).clamp_(0, reg_max)
-
-
-class DFL(nn.Module):
-    """Distribution focal integral: softmax over ``reg_max`` bins, then the expected bin index.
-
-    Shapes: (B, 4 * reg_max, A) -> (B, 4, A).
-    """
-
-    def __init__(self, reg_max: int = 16) -> None:
-        super().__init__()
-        self.reg_max = reg_max
-        self.register_buffer("project", torch.arange(reg_max, dtype=torch.float32), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, _, a = x.shape
-        x = x.view(b, 4, self.reg_max, a).softmax(2)
-        return torch.einsum("bkra,r->bka", x, self.project.to(x.dtype))
-
-
 class BinnedHead(Head):
     """Base of heads whose boxes are ``bins``-bin distance distributions per side (DFL / GFL integral).
 
-    Holds what decoding needs: ``bins``, the raw channel count ``no``, the integral ``dfl`` and cached anchors;
-    subclasses build the convolutions and ``forward_raw``.
+    ``reg_max`` means the same in every such head: the number of bins per side (distances ``0 .. reg_max - 1``
+    in stride units), so ``bins == reg_max``. Holds what decoding needs (``bins``, the raw channel count ``no``,
+    cached anchors); subclasses build the convolutions and ``forward_raw``. Decoding: ``detector.ops.decode``.
     """
 
     def __init__(self, nc: int, strides: list[float], bins: int, loss_weight: float = 1.0) -> None:
         super().__init__(nc, strides, loss_weight)
-        self.bins = bins
-        self.no = nc + 4 * bins
-        self.dfl = DFL(bins)
-        self._anchor_cache: tuple[tuple, Tensor, Tensor] | None = None
-
-    def anchors(self, maps: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Anchor points and strides for these map sizes, cached while the sizes stay the same."""
-        key = tuple(m.shape[2:] for m in maps) + (maps[0].device, maps[0].dtype)
-        if self._anchor_cache is None or self._anchor_cache[0] != key or torch.jit.is_tracing():
-            shapes = [tuple(m.shape[2:]) for m in maps]
-            pts, st = make_anchors(shapes, self.strides, self.anchor_offset, maps[0].device, maps[0].dtype)
-            self._anchor_cache = (key, pts, st)
-        return self._anchor_cache[1], self._anchor_cache[2]
+        if int(bins) < 2:
+            raise ValueError(f"reg_max={bins}: a distance distribution needs at least 2 bins")
+        self.bins = self.reg_max = int(bins)
+        self.no = nc + 4 * self.bins
+        self.anchors = AnchorCache(self.strides, self.anchor_offset)
 
     def decode(self, maps: list[Tensor]) -> Tensor:
-        """Raw per-level maps -> ``(B, 4 + nc, A)`` with xyxy pixel boxes and sigmoid scores."""
-        b = maps[0].shape[0]
-        flat = torch.cat([m.view(b, self.no, -1) for m in maps], 2)  # (B, no, A)
-        dist, logits = flat.split((4 * self.bins, self.nc), 1)
-        points, stride = self.anchors(maps)
-        boxes = dist2bbox(self.dfl(dist), points.t().unsqueeze(0), dim=1) * stride.t()
-        return torch.cat((boxes, logits.sigmoid()), 1)
+        """Raw per-level maps -> ``(B, 4 + nc, A)`` float32 with xyxy pixel boxes and sigmoid scores."""
+        return decode_maps(maps, self.nc, self.bins, self.anchors)
 
 
 class DFLHead(BinnedHead):
@@ -112,7 +60,6 @@ class DFLHead(BinnedHead):
 
     def __init__(self, nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0) -> None:
         super().__init__(nc, strides, reg_max, loss_weight)
-        self.reg_max = reg_max
 
     def init_bias(self) -> None:
         """Box bias 1.0; class bias so that the initial score is ~5 objects per 640x640 image."""

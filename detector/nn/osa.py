@@ -117,8 +117,9 @@ class OSAStage(Block):
     """A VoVNet stage: optional max-pool 3x3 s2 (ceil mode), then ``blocks`` OSA modules.
 
     The first module maps ``c1 -> out``; the following ones map ``out -> out`` and carry the identity
-    residual when ``residual`` (VoVNetV2). eSE goes in every module when ``ese`` (our V2 choice; the authors'
-    detectron2 code does the same).
+    residual when ``residual`` (VoVNetV2). eSE goes in every module when ``ese`` is True (our V2 choice; the
+    authors' detectron2 code does the same), only in the stage's last module when ``ese="last"`` (timm's
+    ``ese_vovnet*b`` models, whose ImageNet weights convert into that form), nowhere when False.
 
     Shapes: (B, c1, H, W) -> (B, out, ceil((H - 3) / 2) + 1, ...) with ``pool``, else (B, out, H, W).
     """
@@ -131,17 +132,27 @@ class OSAStage(Block):
         layers: int = 5,
         blocks: int = 1,
         pool: bool = True,
-        ese: bool = True,
+        ese: bool | str = True,
         residual: bool = True,
         dw: bool = False,
     ) -> None:
         super().__init__()
         if blocks < 1:
             raise ValueError(f"OSAStage needs blocks >= 1, got {blocks}")
+        if ese not in (True, False, "last"):
+            raise ValueError(f"OSAStage ese must be true, false or 'last', got {ese!r}")
         self.pool = nn.MaxPool2d(3, 2, ceil_mode=True) if pool else nn.Identity()
         self.blocks = nn.Sequential(
             *(
-                OSA(c1 if i == 0 else out, out, mid, layers, ese=ese, residual=residual and i > 0, dw=dw)
+                OSA(
+                    c1 if i == 0 else out,
+                    out,
+                    mid,
+                    layers,
+                    ese=ese is True or (ese == "last" and i == blocks - 1),
+                    residual=residual and i > 0,
+                    dw=dw,
+                )
                 for i in range(blocks)
             )
         )

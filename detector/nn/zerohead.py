@@ -1,8 +1,9 @@
 """ZeroHead (DAMO-YOLO, arXiv 2211.15444): one classification conv and one regression conv per level.
 
 No stacked convs: the RepGFPN outputs feed the prediction convs directly. Boxes are regressed as GFL
-distributions over ``reg_max + 1`` bins (distance 0..reg_max in stride units), scaled by a learnable scalar
-per level; anchor points sit on the grid corners ``(i * stride, j * stride)``, with no half-cell offset.
+distributions over ``reg_max`` bins (distance 0..reg_max - 1 in stride units; the authors' "reg_max 16" is our
+``reg_max: 17``, the same meaning as in ``DFLHead``), scaled by a learnable scalar per level; anchor points sit
+on the grid corners ``(i * stride, j * stride)``, with no half-cell offset.
 """
 
 from __future__ import annotations
@@ -18,20 +19,20 @@ from detector.registry import BLOCKS
 
 @BLOCKS.register()
 class ZeroHead(BinnedHead):
-    """Per level: ``cls`` conv kxk -> nc logits, ``reg`` conv kxk -> 4 * (reg_max + 1) distribution logits.
+    """Per level: ``cls`` conv kxk -> nc logits, ``reg`` conv kxk -> 4 * reg_max distribution logits.
 
     Args:
         c1: widths of the input levels. nc: classes. strides: the levels' strides (filled in by the builder).
-        reg_max: largest distance in stride units (16 for T..L, 7 for nano). k: kernel (3 for T..L, 1 for nano).
+        reg_max: bins per side, as in every ``BinnedHead`` (17 for T..L, 8 for nano: the authors' 16 and 7
+            count the largest distance instead). k: kernel (3 for T..L, 1 for nano).
         prior_prob: initial class probability (sets the class bias, as the authors' focal-loss init).
         loss_weight: weight of this head's loss.
 
-    Training: list of raw maps ``(B, 4 * (reg_max + 1) + nc, H_i, W_i)`` (ltrb distribution logits already
+    Training: list of raw maps ``(B, 4 * reg_max + nc, H_i, W_i)`` (ltrb distribution logits already
     multiplied by the level's scale, then class logits). Eval: ``(B, 4 + nc, A)`` xyxy pixels + sigmoid scores.
     """
 
     loss = "aota"
-    bins = 17
     anchor_offset = 0.0
 
     def __init__(
@@ -39,15 +40,14 @@ class ZeroHead(BinnedHead):
         c1: list[int],
         nc: int,
         strides: list[float],
-        reg_max: int = 16,
+        reg_max: int = 17,
         k: int = 3,
         prior_prob: float = 0.01,
         loss_weight: float = 1.0,
     ) -> None:
         if not isinstance(c1, list):
             raise ValueError("ZeroHead reads several levels: give `from` as a list, e.g. [P3, P4, P5]")
-        super().__init__(nc, strides, reg_max + 1, loss_weight)
-        self.reg_max = reg_max
+        super().__init__(nc, strides, reg_max, loss_weight)
         self.cls = nn.ModuleList(nn.Conv2d(c, nc, k, 1, k // 2) for c in c1)
         self.reg = nn.ModuleList(nn.Conv2d(c, 4 * self.bins, k, 1, k // 2) for c in c1)
         # None once fuse() has folded the scales into the regression convs

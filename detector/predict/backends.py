@@ -1,7 +1,9 @@
 """Inference backends behind ``Detector``: each turns a float batch into decoded predictions.
 
 A backend knows nothing about files, letterboxing or NMS; ``Detector`` does those once for all backends, so
-every backend returns the same ``Results`` for the same model. Backends are chosen by the model file's suffix
+every backend returns the same ``Results`` for the same model. What a backend does declare is its side of the
+inference contract: ``input_spec(imgsz)`` (the ``PreprocessSpec`` its inputs need) and ``nms`` (the
+``NMSConfig`` defaults for its raw outputs). Backends are chosen by the model file's suffix
 (``BACKENDS``); anything else is a zoo name or a model YAML built with fresh weights.
 """
 
@@ -15,6 +17,10 @@ import torch
 from torch import Tensor
 
 from detector.errors import DetectorError
+from detector.ops import NMSConfig, PreprocessSpec
+
+DEFAULT_IMGSZ = 640
+"""Letterbox size of PyTorch backends when ``imgsz`` is not given (exported models use their export size)."""
 
 
 class Backend(Protocol):
@@ -26,11 +32,27 @@ class Backend(Protocol):
     fixed_shape: tuple[int, int] | None  # (H, W) the model only accepts, e.g. a static ONNX export
     dtype: torch.dtype
     has_nms: bool  # True: __call__ returns final detections (NMS ran inside the model)
+    nms: NMSConfig  # defaults for the NMS options the caller leaves unset
+
+    def input_spec(self, imgsz: int | tuple[int, int] | None) -> PreprocessSpec:
+        """How to letterbox inputs at ``imgsz`` (None: the model's own size); raises ``DetectorError`` when the
+        model cannot take that size."""
+        ...
 
     def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
         """``images (Tensor[B, 3, H, W])`` float RGB 0..1 -> ``(B, 4 + nc, A)`` xyxy pixels + scores, or, when
         ``has_nms``, one ``Tensor[n, 6]`` (x1, y1, x2, y2, score, class) per image."""
         ...
+
+
+def model_input_spec(stride: int, imgsz: int | tuple[int, int] | None) -> PreprocessSpec:
+    """A PyTorch model takes any multiple of its stride: minimal padding (as validation's rect batches)."""
+    from deploy.contract import MIN_PAD_MULTIPLE
+
+    try:
+        return PreprocessSpec(imgsz or DEFAULT_IMGSZ, max(int(stride), MIN_PAD_MULTIPLE), auto=True)
+    except ValueError as e:
+        raise DetectorError(f"predict: imgsz={imgsz}: {e}") from None
 
 
 def select_device(device: str | torch.device | None) -> torch.device:
@@ -47,6 +69,7 @@ class TorchBackend:
 
     fixed_shape = None
     has_nms = False
+    nms = NMSConfig.predict()
 
     def __init__(self, model, device: torch.device, half: bool = False) -> None:
         self.model = model.to(device).eval()
@@ -58,9 +81,12 @@ class TorchBackend:
         self.names = dict(model.names)
         self.stride = int(max(model.strides))
 
+    def input_spec(self, imgsz: int | tuple[int, int] | None) -> PreprocessSpec:
+        return model_input_spec(self.stride, imgsz)
+
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Tensor:
-        return self.model(images.to(self.device, self.dtype))["main"].float()
+        return self.model.infer(images.to(self.device, self.dtype))  # decoded in float32, also for half
 
 
 def load_torch_checkpoint(path: Path, device: torch.device, half: bool, deploy: bool) -> TorchBackend:
@@ -99,9 +125,17 @@ class ExportedBackend:
         self.names = dict(meta.names)
         self.stride = meta.stride
         self.device = torch.device("cpu")  # the runner moves data itself
-        h, w = self.runner.input_shape[2:4]
-        self.fixed_shape = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        self.fixed_shape = self.runner.fixed_hw
         self.has_nms = self.runner.has_nms
+        self.nms = meta.postprocess
+
+    def input_spec(self, imgsz: int | tuple[int, int] | None) -> PreprocessSpec:
+        from deploy.errors import DeployError
+
+        try:
+            return self.runner.input_spec(imgsz)
+        except (DeployError, ValueError) as e:
+            raise DetectorError(str(e)) from None
 
     def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
         from deploy.postprocess import from_nms_outputs

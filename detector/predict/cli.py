@@ -13,7 +13,10 @@ from tqdm import tqdm
 from detector.config import ConfigError, Range, load
 from detector.predict.detector import Detector
 from detector.predict.results import Results
-from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, video_frame_count
+from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, output_name, source_root, video_frame_count
+
+WRITABLE_IMAGES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+"""Annotated images keep their source's name when OpenCV can write that format, else get ``.jpg`` appended."""
 
 
 @dataclass
@@ -21,13 +24,16 @@ class PredictConfig:
     """Command-line settings of ``detector predict`` (every key is ``key=value``)."""
 
     model: str = ""
-    source: str = ""
-    conf: float = 0.25
-    iou: float = 0.7
-    imgsz: int = 640
-    max_det: int = 300
+    source: str = ""  # file, directory (searched recursively), glob or video
+    # NMS and size: None = the model's defaults (NMSConfig.predict: conf 0.25, iou 0.7, max_det 300, one label
+    # per box; an exported model's own config and size)
+    conf: float | None = None
+    iou: float | None = None
+    imgsz: int | None = None
+    max_det: int | None = None
     classes: list[int] | None = None
-    agnostic: bool = False
+    agnostic: bool | None = None
+    multi_label: bool | None = None
     batch: int = 1
     device: str | None = None
     half: bool = False
@@ -63,32 +69,37 @@ class _Writer:
 
     def __init__(self, cfg: PredictConfig, out_dir: Path) -> None:
         self.cfg, self.dir = cfg, out_dir
+        self.root = source_root(cfg.source)
         self.videos: dict[str, cv2.VideoWriter] = {}
         self.records: list[dict] = []
+        self.count = 0
 
     def add(self, r: Results) -> None:
-        stem = Path(r.path).stem if r.path else f"image{len(self.records)}"
+        # the source's sub-path, so a/x.jpg and b/x.jpg do not overwrite each other
+        rel = output_name(r.path, self.root) if r.path else Path(f"image{self.count}.jpg")
+        self.count += 1
         if self.cfg.save:
             if r.frame is None:
-                r.save(self.dir / f"{stem}.jpg")
+                r.save(self.dir / (rel if rel.suffix.lower() in WRITABLE_IMAGES else rel.with_name(rel.name + ".jpg")))
             else:
-                self._video(r, stem).write(r.plot())
+                self._video(r, rel).write(r.plot())
         if self.cfg.save_txt:
-            label = self.dir / "labels" / (f"{stem}.txt" if r.frame is None else f"{stem}_{r.frame}.txt")
+            stem = rel.with_suffix("") if r.frame is None else rel.with_name(f"{rel.stem}_{r.frame}")
+            label = self.dir / "labels" / stem.with_name(stem.name + ".txt")
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("".join(line + "\n" for line in r.to_txt(with_conf=True)))
         if self.cfg.save_json:
             self.records.append(r.to_dict())
 
-    def _video(self, r: Results, stem: str) -> cv2.VideoWriter:
+    def _video(self, r: Results, rel: Path) -> cv2.VideoWriter:
         if r.path not in self.videos:
             cap = cv2.VideoCapture(r.path)
             fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
             cap.release()
             h, w = r.orig_shape
-            self.videos[r.path] = cv2.VideoWriter(
-                str(self.dir / f"{stem}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h)
-            )
+            target = self.dir / rel.with_suffix(".avi")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.videos[r.path] = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
         return self.videos[r.path]
 
     def close(self) -> None:
@@ -117,7 +128,7 @@ def cli_predict(argv: list[str]) -> int:
     total = _expected_frames(cfg.source)
     stream = det.predict(
         cfg.source, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, max_det=cfg.max_det, classes=cfg.classes,
-        batch=cfg.batch, stream=True, agnostic=cfg.agnostic,
+        batch=cfg.batch, stream=True, agnostic=cfg.agnostic, multi_label=cfg.multi_label,
     )  # fmt: skip
     n = dets = 0
     try:

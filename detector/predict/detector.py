@@ -11,22 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.data.letterbox import letterbox
-from detector.engine.postprocess import non_max_suppression, scale_boxes
+from deploy.predict import filter_detections
+from detector.errors import DetectorError
+from detector.ops import LetterboxPlan, NMSConfig, PreprocessSpec
+from detector.ops.boxes import scale_boxes
+from detector.ops.letterbox import to_input
+from detector.ops.nms import non_max_suppression
 from detector.predict.backends import Backend, load_backend
 from detector.predict.results import Results
 from detector.predict.sources import Frame, iter_frames
-
-PAD_MULTIPLE = 32
-"""Letterboxed sides are multiples of this (or of a larger model stride), as in validation's rect batches."""
-
-
-def _filter(det: torch.Tensor, conf: float, classes: list[int] | None, max_det: int) -> torch.Tensor:
-    """Apply the user's thresholds to detections that already went through NMS (sorted by score)."""
-    keep = det[:, 4] > conf
-    if classes is not None:
-        keep &= torch.isin(det[:, 5].long(), torch.as_tensor(classes))
-    return det[keep][:max_det]
 
 
 def _batched(frames: Iterator[Frame], n: int) -> Iterator[list[Frame]]:
@@ -62,29 +55,44 @@ class Detector:
     def predict(
         self,
         source: Any,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        imgsz: int = 640,
-        max_det: int = 300,
+        conf: float | None = None,
+        iou: float | None = None,
+        imgsz: int | tuple[int, int] | None = None,
+        max_det: int | None = None,
         classes: list[int] | None = None,
         batch: int = 1,
         stream: bool = False,
-        agnostic: bool = False,
-        multi_label: bool = False,
+        agnostic: bool | None = None,
+        multi_label: bool | None = None,
     ) -> list[Results] | Iterator[Results]:
         """Detect objects in ``source`` (path, directory, glob, list, numpy/PIL image, tensor or video).
 
         Returns a list of ``Results`` in source order, or with ``stream=True`` a generator that yields them one
         by one (bounded memory for long videos). Unreadable images inside a directory/list are skipped and
-        listed in ``self.skipped`` as ``(path, reason)``. ``multi_label=True`` lets a box carry several classes
-        (what validation does for mAP); the default keeps each box's best class.
+        listed in ``self.skipped`` as ``(path, reason)``.
+
+        NMS options left None take the model's defaults (``self.nms``): the prediction preset (conf 0.25,
+        iou 0.7, max_det 300, one label per box; an exported model's own ``NMSConfig``). ``multi_label=True``
+        lets a box carry several classes, what validation does for mAP. ``imgsz`` None: 640 for PyTorch models,
+        the export size for exported ones; a fixed-size export refuses any other size (``DetectorError``).
         """
-        gen = self._run(source, conf, iou, imgsz, max_det, classes, batch, agnostic, multi_label)
+        try:
+            nms = self.nms.updated(conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, agnostic=agnostic,
+                                   classes=classes)  # fmt: skip
+        except ValueError as e:
+            raise DetectorError(f"predict: {e}") from None
+        spec = self.backend.input_spec(imgsz)
+        gen = self._run(source, spec, nms, batch)
         return gen if stream else list(gen)
 
     __call__ = predict
 
-    def _run(self, source, conf, iou, imgsz, max_det, classes, batch, agnostic, multi_label) -> Iterator[Results]:
+    @property
+    def nms(self) -> NMSConfig:
+        """The NMS options ``predict`` uses for those it is not given."""
+        return self.backend.nms
+
+    def _run(self, source, spec: PreprocessSpec, nms: NMSConfig, batch: int) -> Iterator[Results]:
         self.skipped = []
 
         def on_skip(path: str, reason: str) -> None:
@@ -93,20 +101,20 @@ class Detector:
 
         for frames in _batched(iter_frames(source, on_skip), max(int(batch), 1)):
             t0 = time.perf_counter()
-            images, ratio_pads = self.preprocess([f.image for f in frames], imgsz)
+            images, plans = self.preprocess([f.image for f in frames], spec)
             t1 = time.perf_counter()
             pred = self.backend(images)
             if isinstance(pred, torch.Tensor) and pred.device.type == "cuda":
                 torch.cuda.synchronize(pred.device)
             t2 = time.perf_counter()
             if self.backend.has_nms:  # the model ran NMS with its exported thresholds: filter what it kept
-                dets = [_filter(d, conf, classes, max_det) for d in pred]
+                dets = [torch.from_numpy(filter_detections(d.numpy(), nms)) for d in pred]
             else:
-                dets = non_max_suppression(pred, conf, iou, max_det, multi_label, classes, agnostic)
+                dets = non_max_suppression(pred, nms)
             out = []
-            for f, d, rp in zip(frames, dets, ratio_pads):
+            for f, d, plan in zip(frames, dets, plans):
                 d = d.cpu()
-                boxes = scale_boxes(d[:, :4].clone(), rp, f.image.shape[:2])
+                boxes = scale_boxes(d[:, :4], plan.ratio_pad, f.image.shape[:2])
                 out.append((f, boxes.numpy(), d[:, 4].numpy(), d[:, 5].numpy()))
             t3 = time.perf_counter()
             n = len(frames)
@@ -118,21 +126,19 @@ class Detector:
             for f, boxes, scores, cls in out:
                 yield Results(boxes, scores, cls, self.names, f.image.shape[:2], f.path, f.frame, dict(speed), f.image)
 
-    def preprocess(self, images: list[np.ndarray], imgsz: int) -> tuple[torch.Tensor, list]:
-        """BGR images -> letterboxed float RGB batch ``(B, 3, H, W)`` on the backend's device, and ratio_pads.
+    def preprocess(
+        self, images: list[np.ndarray], spec: PreprocessSpec | int | None = None
+    ) -> tuple[torch.Tensor, list[LetterboxPlan]]:
+        """BGR images -> letterboxed RGB batch ``(B, 3, H, W)`` in 0..1 on the backend's device and dtype, and
+        each image's ``LetterboxPlan``.
 
-        One image (or a batch of equal shapes) gets minimal padding to a multiple of the stride, like
-        validation's rectangular batches; a fixed-shape backend always gets ``fixed_shape``.
+        ``spec`` (or an ``imgsz``) as ``self.backend.input_spec`` gives it: minimal padding to a multiple of the
+        stride, the batch padded to its largest image (validation's rectangular batches); a fixed-size model
+        always gets its own size.
         """
-        fixed = self.backend.fixed_shape
-        same = all(im.shape == images[0].shape for im in images)
-        shape = fixed or (imgsz, imgsz)
-        auto = fixed is None and same
-        boxed, ratio_pads = [], []
-        for im in images:
-            out, ratio, pad = letterbox(im, shape, stride=max(self.backend.stride, PAD_MULTIPLE), auto=auto)
-            boxed.append(out)
-            ratio_pads.append((ratio, pad))
-        arr = np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2)  # BGR HWC -> RGB CHW
-        tensor = torch.from_numpy(np.ascontiguousarray(arr)).to(self.backend.device)
-        return tensor.to(self.backend.dtype) / 255.0, ratio_pads
+        if not isinstance(spec, PreprocessSpec):
+            spec = self.backend.input_spec(spec)
+        try:
+            return to_input(images, spec, self.backend.device, self.backend.dtype)
+        except ValueError as e:
+            raise DetectorError(f"predict: {e}") from None

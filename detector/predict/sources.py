@@ -3,6 +3,10 @@
 Accepted: a path to an image or a video, a directory, a glob pattern, a list of those, a numpy image (BGR, as
 OpenCV reads it), a PIL image, a torch tensor ((3, H, W) or (B, 3, H, W), RGB, 0..1), or a list of images.
 Frames are produced lazily, so a long video is never held in memory.
+
+A directory source is searched recursively (subfolders included, sorted by path), the same rule as a dataset
+split given as a directory (``detector.data.format_yolo.list_images``); ``output_name`` keeps each file's
+sub-path below the source, so same-named files in different folders never overwrite each other's outputs.
 """
 
 from __future__ import annotations
@@ -98,13 +102,14 @@ def _is_glob(s: str) -> bool:
 
 
 def expand_paths(source: str | Path) -> list[Path]:
-    """A file, directory or glob -> sorted media files; a missing path raises ``DetectorError``."""
+    """A file, directory (recursively) or glob -> sorted media files; a missing path raises ``DetectorError``."""
     s = str(source)
     p = Path(s)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in media and f.is_file())
         if not files:
-            raise DetectorError(f"{p}: directory has no images or videos")
+            raise DetectorError(f"{p}: directory has no images or videos (subfolders included)")
         return files
     if p.is_file():
         return [p]
@@ -114,6 +119,33 @@ def expand_paths(source: str | Path) -> list[Path]:
             raise DetectorError(f"{s}: glob pattern matches no files")
         return files
     raise DetectorError(f"{s}: no such file or directory")
+
+
+def source_root(source: str | Path) -> Path | None:
+    """The folder a path source's files are named relative to: the directory itself, or a glob's fixed part."""
+    p = Path(str(source))
+    if p.is_dir():
+        return p
+    if _is_glob(str(source)):
+        fixed = []
+        for part in p.parts:
+            if _is_glob(part):
+                break
+            fixed.append(part)
+        return Path(*fixed) if fixed else Path(".")
+    return None
+
+
+def output_name(path: str | Path, root: Path | None) -> Path:
+    """Where outputs of media file ``path`` go, relative to the run folder: its sub-path below ``root``
+    (``a/x.jpg`` and ``b/x.jpg`` stay apart), or just its name when it lies outside ``root``."""
+    p = Path(path)
+    if root is not None:
+        try:
+            return p.resolve().relative_to(root.resolve())
+        except ValueError:
+            pass
+    return Path(p.name)
 
 
 def iter_frames(source: Any, on_skip: SkipReporter | None = None) -> Iterator[Frame]:

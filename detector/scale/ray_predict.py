@@ -194,13 +194,13 @@ def predict_dataset(
     *,
     workers: int = 0,
     batch: int = 8,
-    conf: float = 0.25,
-    iou: float = 0.7,
-    imgsz: int = 640,
-    max_det: int = 300,
+    conf: float | None = None,
+    iou: float | None = None,
+    imgsz: int | None = None,
+    max_det: int | None = None,
     classes: list[int] | None = None,
-    agnostic: bool = False,
-    multi_label: bool = False,
+    agnostic: bool | None = None,
+    multi_label: bool | None = None,
     device: str | None = None,
     half: bool = False,
     out_format: str = "parquet",
@@ -213,7 +213,8 @@ def predict_dataset(
 
     Writes one row per image (``ROW_FIELDS``) to the folder ``out`` as Parquet or JSON lines and returns what
     was done. ``workers`` actors (0: one per GPU when the cluster has GPUs, else one per ``threads`` CPUs),
-    ``batch`` images per model call. ``address`` joins a running Ray cluster (then ``out`` and the images must
+    ``batch`` images per model call. NMS options and ``imgsz`` left None are the model's defaults, as in
+    ``Detector.predict`` (docs/interfaces.md). ``address`` joins a running Ray cluster (then ``out`` and the images must
     be on storage every node sees); without it a local Ray instance is started on this machine only (loopback).
     ``verbose`` shows Ray Data's progress. Raises ``DetectorError`` when
     Ray is missing, the source has no images, ``out`` is not empty, or the rows written differ from the images

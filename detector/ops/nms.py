@@ -1,6 +1,7 @@
-"""Post-processing of decoded predictions: class-aware NMS and mapping boxes back to the original image.
+"""Class-aware NMS of decoded predictions under an ``NMSConfig``.
 
-Shared by validation and predict; ``deploy/`` keeps numpy twins tested for equality.
+Shared by validation, ``Detector`` and the benchmark; ``deploy.postprocess`` keeps the numpy twin, tested for
+equality.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
+
+from deploy.contract import NMSConfig
 
 MAX_CANDIDATES = 30000  # per image, before NMS: bounds NMS time when conf is tiny (validation uses 0.001)
 
@@ -32,6 +35,11 @@ def _candidates(
     else:
         flat, best_cls = scores.max(-1)  # (B, A)
     top, index = flat.topk(min(max_candidates, flat.shape[1]), dim=1)  # (B, K), descending
+    if bool((top[:, 1:] == top[:, :-1]).any()):  # ties (e.g. cells of uniform padding): topk orders them anyhow
+        # equal scores in index order, so the numpy twin and every run keep the same ones
+        index, order = index.sort(dim=1)
+        top, order = top.gather(1, order).sort(dim=1, descending=True, stable=True)
+        index = index.gather(1, order)
     ok = top > conf
     image = torch.arange(b, device=scores.device)[:, None].expand_as(index)[ok]
     index, score = index[ok], top[ok]
@@ -41,34 +49,24 @@ def _candidates(
 
 
 def non_max_suppression(
-    pred: Tensor,
-    conf: float = 0.001,
-    iou: float = 0.7,
-    max_det: int = 300,
-    multi_label: bool = True,
-    classes: Sequence[int] | None = None,
-    agnostic: bool = False,
-    max_candidates: int = MAX_CANDIDATES,
+    pred: Tensor, cfg: NMSConfig | None = None, max_candidates: int = MAX_CANDIDATES
 ) -> list[Tensor]:
     """Class-aware NMS over a batch of decoded predictions.
 
     Args:
         pred (Tensor[B, 4 + nc, A]): xyxy boxes then class scores in 0..1 (a head's eval output).
-        conf: keep (box, class) pairs with score strictly above this.
-        iou: suppress a box overlapping a higher-scored kept box of the same class (or any, if ``agnostic``)
-            by more than this IoU.
-        max_det: at most this many detections per image, the highest-scored.
-        multi_label: a box may yield one detection per class above ``conf``; else only its best class.
-        classes: keep only these class ids.
+        cfg: conf, iou, max_det, multi_label, agnostic, classes (see ``NMSConfig``); default
+            ``NMSConfig.predict()``.
         max_candidates: per image, only the highest-scored candidates enter NMS.
 
     Returns:
         One ``Tensor[n, 6]`` per image: ``x1, y1, x2, y2, score, class``, sorted by descending score.
     """
+    cfg = cfg or NMSConfig.predict()
     b = pred.shape[0]
     boxes = pred[:, :4].transpose(1, 2)  # (B, A, 4)
     scores = pred[:, 4:].transpose(1, 2)  # (B, A, nc)
-    image, anchor, cls, score = _candidates(scores, conf, multi_label, classes, max_candidates)
+    image, anchor, cls, score = _candidates(scores, cfg.conf, cfg.multi_label, cfg.classes, max_candidates)
 
     counts = torch.bincount(image, minlength=b).tolist()  # candidates come grouped by image
     out = []
@@ -76,31 +74,7 @@ def non_max_suppression(
         boxes[image, anchor].float().split(counts), score.float().split(counts), cls.split(counts)
     ):
         # per image: torchvision's per-class pass then scans one image's candidates, not the batch's
-        keep = batched_nms(img_boxes, img_score, torch.zeros_like(img_cls) if agnostic else img_cls, iou)[:max_det]
+        groups = torch.zeros_like(img_cls) if cfg.agnostic else img_cls
+        keep = batched_nms(img_boxes, img_score, groups, cfg.iou)[: cfg.max_det]
         out.append(torch.cat((img_boxes[keep], img_score[keep, None], img_cls[keep, None].float()), 1).to(pred.dtype))
     return out
-
-
-def scale_boxes(
-    boxes: Tensor,
-    ratio_pad: tuple[float | Sequence[float], Sequence[float]],
-    ori_shape: Sequence[int],
-) -> Tensor:
-    """Map xyxy boxes from the letterboxed input back to the original image, clipped to it.
-
-    Args:
-        boxes (Tensor[N, 4]): xyxy in pixels of the letterboxed image.
-        ratio_pad: ``(ratio, (padw, padh))`` as the letterbox returned it; ``ratio`` is one gain or ``(rw, rh)``.
-        ori_shape: ``(h0, w0)`` of the original image.
-
-    Returns:
-        Tensor[N, 4]: ``(boxes - pad) / ratio`` clipped to ``[0, w0] x [0, h0]`` (a new tensor).
-    """
-    ratio, (padw, padh) = ratio_pad
-    rw, rh = (ratio, ratio) if isinstance(ratio, (int, float)) else (float(ratio[0]), float(ratio[1]))
-    h0, w0 = int(ori_shape[0]), int(ori_shape[1])
-    pad = boxes.new_tensor([padw, padh, padw, padh])
-    gain = boxes.new_tensor([rw, rh, rw, rh])
-    out = (boxes[..., :4] - pad) / gain
-    limit = boxes.new_tensor([w0, h0, w0, h0])
-    return torch.minimum(out.clamp(min=0), limit)

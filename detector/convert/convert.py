@@ -1,0 +1,156 @@
+"""``detector convert SRC [out=DST] [model=NAME] [source=KIND]``: another framework's checkpoint -> one of ours.
+
+The source file is read by ``safe_load`` (no code of the other project runs), its state dict is recognised by
+its key layout (``SOURCES``), mapped key for key onto the zoo model named by ``model=`` and loaded strictly, and
+written as our checkpoint (weights-only loadable; config, class names and where it came from inside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector import __version__
+from detector.checkpoint import save_checkpoint
+from detector.config import ConfigError, load
+from detector.convert.mapping import KeyMapping, LoadReport, apply
+from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
+from detector.convert.timm_vovnet import timm_vovnet_mapping
+from detector.convert.yolov9_official import yolov9_mapping
+from detector.errors import DetectorError
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of foreign checkpoint: ``recognise(keys, arch)`` (arch: the pickled model's class name, or
+    "state_dict"), ``mapping(keys, our_model)``, and ``models``, ours it fits."""
+
+    name: str
+    recognise: Callable[[list[str], str], bool]
+    mapping: Callable[[list[str], object], KeyMapping]
+    models: tuple[str, ...]
+
+
+SOURCES: dict[str, Source] = {
+    "timm-vovnet": Source(
+        "timm-vovnet",
+        lambda keys, arch: "stem.0.conv.weight" in keys and any(k.startswith("stages.0.blocks.0.conv_concat.") for k in keys),
+        timm_vovnet_mapping,
+        ("vovnet39-v1-cls", "vovnet57-v1-cls", "vovnet19-dw-cls", "vovnet19-slim-dw-cls", "ese-vovnet39b-cls",
+         "ese-vovnet57b-cls"),
+    ),
+    "yolov9-official": Source(
+        "yolov9-official",
+        lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
+        yolov9_mapping,
+        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
+    ),
+}  # fmt: skip
+"""Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
+
+
+@dataclass
+class Foreign:
+    """What a foreign checkpoint holds: its state dict, class names if it has them, and its model's class name."""
+
+    state: dict[str, torch.Tensor]
+    names: list[str] | None
+    arch: str
+
+
+def read_foreign(path: str | Path) -> Foreign:
+    """Safely read ``path`` and find its weights: a pickled module (``model``/``ema`` entry, EMA preferred when
+    present and not None), a ``state_dict``/``model`` dict of tensors, or a bare state dict."""
+    obj = safe_load(path)
+    if isinstance(obj, dict) and {"model_yaml", "names", "model"} <= set(obj):
+        raise DetectorError(f"{path}: already a detector checkpoint; it needs no conversion")
+    module = _pick(obj)
+    if isinstance(module, Placeholder):
+        names = getattr(module, "names", None)
+        if isinstance(names, dict):
+            names = [str(names[i]) for i in sorted(names)]
+        return Foreign(module_state_dict(module), list(names) if names else None, module.__global__)
+    if isinstance(module, dict) and module and all(isinstance(v, torch.Tensor) for v in module.values()):
+        return Foreign({k: v.float() if v.is_floating_point() else v for k, v in module.items()}, None, "state_dict")
+    raise DetectorError(f"{path}: found no model weights (a pickled module or a state dict) in this checkpoint")
+
+
+def _pick(obj: Any) -> Any:
+    if not isinstance(obj, dict):
+        return obj
+    for key in ("ema", "model", "state_dict", "model_state_dict"):
+        if obj.get(key) is not None and not (key == "ema" and isinstance(obj[key], dict) and "updates" in obj[key]):
+            return obj[key]
+    return obj
+
+
+def recognise(state: dict[str, torch.Tensor], path: str | Path, source: str = "", arch: str = "") -> Source:
+    """The ``Source`` for a state dict: the one asked for, else the one whose key layout it has."""
+    keys = list(state)
+    if source:
+        if source not in SOURCES:
+            raise ConfigError(f"source={source!r} is not one of {', '.join(SOURCES)}")
+        return SOURCES[source]
+    found = [s for s in SOURCES.values() if s.recognise(keys, arch)]
+    if not found:
+        raise DetectorError(
+            f"{path}: the checkpoint's keys ({', '.join(keys[:3])}, ...) match no supported source "
+            f"({', '.join(SOURCES)}); give source= if you know it"
+        )
+    return found[0]
+
+
+def convert(
+    src: str | Path, out: str | Path | None = None, model: str = "", source: str = ""
+) -> tuple[Path, LoadReport]:
+    """Convert ``src`` into our zoo model ``model``; returns the written checkpoint and what was loaded."""
+    from detector.model import build_model, load_model_dict
+
+    foreign = read_foreign(src)
+    kind = recognise(foreign.state, src, source, foreign.arch)
+    if not model:
+        raise ConfigError(
+            f"{src}: a {kind.name} checkpoint does not name our model; give model= (one of {', '.join(kind.models)})"
+        )
+    cfg = load_model_dict(model)
+    net = build_model(cfg)
+    report = apply(kind.mapping(list(foreign.state), net), foreign.state, net, strict=True)
+    nc = int(cfg.get("nc", 80))
+    names = foreign.names if foreign.names and len(foreign.names) == nc else [str(i) for i in range(nc)]
+    out = Path(out) if out else Path(src).with_name(f"{Path(src).stem}-{model}.pt")
+    ckpt = {
+        "model": net.state_dict(),
+        "model_yaml": cfg,
+        "names": names,
+        "version": __version__,
+        "converted_from": {"file": str(src), "source": kind.name, "arch": foreign.arch, "report": report.summary()},
+    }
+    save_checkpoint(ckpt, out)
+    return out, report
+
+
+@dataclass
+class ConvertConfig:
+    """Keys of ``detector convert SRC [key=value ...]``."""
+
+    src: str = ""
+    out: str = ""  # default: SRC's folder, SRC-stem + "-" + model + ".pt"
+    model: str = ""  # our zoo model the weights go into (e.g. vovnet39-v1-cls)
+    source: str = ""  # force a source kind (default: recognised from the keys)
+
+
+def cli_convert(argv: list[str]) -> int:
+    positional = [a for a in argv if "=" not in a]
+    cfg = load(ConvertConfig, [], [a for a in argv if "=" in a])
+    cfg.src = cfg.src or (positional[0] if positional else "")
+    if not cfg.src:
+        raise ConfigError(
+            f"detector convert: give the checkpoint to convert: detector convert SRC model=NAME ({', '.join(SOURCES)})"
+        )
+    out, report = convert(cfg.src, cfg.out or None, cfg.model, cfg.source)
+    print(f"{cfg.src} -> {out}: {report.summary()}")
+    return 0

@@ -1,0 +1,65 @@
+"""``detector train ... weights=PATH``: start a model from a checkpoint of ours (trained, or made by
+``detector convert``), with a report of what was loaded, what was re-initialised and what was ignored.
+
+Tensors are matched by name. A tensor whose shape changed because the class count changed (found by building
+the model once more with another class count on the meta device, so no head needs a hand-written list) keeps
+its fresh initialisation; any other shape change is an error, since it means a different architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detector.checkpoint import load_checkpoint
+from detector.convert.mapping import LoadReport
+from detector.errors import DetectorError
+
+
+def class_dependent_keys(model_yaml: dict) -> set[str]:
+    """State-dict keys whose shape depends on ``nc`` (the class branches) for this model dict."""
+    from detector.model import DetectionModel
+
+    nc = int(model_yaml.get("nc", 80))
+    with torch.device("meta"):
+        a = DetectionModel({**model_yaml, "nc": nc}).state_dict()
+        b = DetectionModel({**model_yaml, "nc": nc + 1}).state_dict()
+    return {k for k in a if k in b and a[k].shape != b[k].shape}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load the (EMA) weights of checkpoint ``path`` into ``model`` by name; see the module docstring."""
+    try:
+        ckpt = load_checkpoint(path)
+    except DetectorError as e:
+        raise DetectorError(
+            f"weights={path}: {e}; convert another framework's file first: detector convert {path} model=NAME"
+        ) from None
+    if ckpt.get("deploy"):
+        raise DetectorError(
+            f"weights={path}: holds the fused deploy form, which cannot be trained; use the training checkpoint"
+        )
+    theirs: dict[str, torch.Tensor] = ckpt["model"]
+    own = model.state_dict()
+    by_class = class_dependent_keys(model.yaml)
+    load, reinit, wrong = {}, [], []
+    for k, v in theirs.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            load[k] = v.to(own[k].dtype)
+        elif k in by_class:
+            reinit.append(k)
+        else:
+            wrong.append(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}")
+    if wrong:
+        raise DetectorError(
+            f"weights={path}: {len(wrong)} tensor(s) differ in shape from this model (another architecture?): {wrong[:5]}"
+        )
+    if not load:
+        raise DetectorError(f"weights={path}: no tensor of this checkpoint fits the model (another architecture?)")
+    model.load_state_dict(load, strict=False)
+    kept = [k for k in own if k not in load and k not in reinit]
+    return LoadReport(sorted(load), sorted(reinit), kept, sorted(k for k in theirs if k not in own))
