@@ -4,7 +4,9 @@ Every op in ``cuda_ops`` takes ``impl="auto" | "kernel" | "reference"``:
 
 - ``"reference"``: the pure-PyTorch reference (any device; the test oracle);
 - ``"kernel"``: the Triton kernel, or :class:`KernelUnavailable` with one sentence saying why it cannot run;
-- ``"auto"``: the kernel where :func:`kernel_runs_on` says it can run on the inputs' device, else the reference.
+- ``"auto"``: the kernel on CUDA tensors where :func:`kernel_runs_on` says it can run, else the reference (never
+  the interpreter: on CPU the reference is always the faster one, so ``TRITON_INTERPRET=1`` changes nothing for
+  ``"auto"``; tests ask for ``"kernel"`` explicitly).
 
 Kernels run on CUDA tensors when CUDA and Triton are both usable, and on CPU tensors when ``TRITON_INTERPRET=1``
 was set before Triton was imported (Triton's interpreter; how the tests check every kernel without a GPU).
@@ -73,7 +75,7 @@ def use_kernel(op: str, impl: str, device: torch.device) -> bool:
     runs = kernel_runs_on(device)
     if impl == "kernel" and not runs:
         raise KernelUnavailable(f"{op}: the Triton kernel cannot run on {device.type} tensors here: {why_not(device)}.")
-    return runs
+    return runs and (impl == "kernel" or device.type == "cuda")
 
 
 def why_not(device: torch.device) -> str:

@@ -3,6 +3,12 @@
 Precision: TensorRT 10 builds fp16 through ``BuilderFlag.FP16``; TensorRT 11 removed that flag (networks are
 strongly typed), so fp16 must come from the ONNX itself (``detector export half=True`` writes fp16 weights
 and casts). ``build_engine`` detects which API it has by the flag's presence, not by version strings.
+
+INT8 (``int8=True``) comes only from an explicitly quantized ONNX (QuantizeLinear/DequantizeLinear nodes, written
+by ``detector export int8=True``): the network is created strongly typed, so TensorRT takes the Q/DQ
+placement and scales as they are and runs the layers between them in the graph's own types. TensorRT 10 needs
+the STRONGLY_TYPED creation flag for that; TensorRT 11 networks are always strongly typed (the implicit-INT8
+calibrators and the INT8 builder flag are gone), so the flag is used where it exists.
 """
 
 from __future__ import annotations
@@ -46,11 +52,18 @@ def profile_shapes(
     return tuple(lo), tuple(opt), tuple(hi)
 
 
-def _network_computes_in_half(network, trt: ModuleType) -> bool:
-    """True when some layer of the parsed network outputs float16 (an fp16 ONNX under TensorRT 11)."""
+def network_flags(trt: ModuleType, int8: bool) -> int:
+    """``create_network`` flags: STRONGLY_TYPED for a QDQ graph where the API has it (TensorRT 10), else 0."""
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    return 1 << int(flag) if int8 and flag is not None else 0
+
+
+def _network_outputs(network, dtype) -> bool:
+    """True when some layer of the parsed network outputs ``dtype`` (e.g. ``HALF`` for an fp16 ONNX under
+    TensorRT 11, ``INT8`` for the QuantizeLinear layers of a QDQ ONNX)."""
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if any(layer.get_output(j).dtype == trt.DataType.HALF for j in range(layer.num_outputs)):
+        if any(layer.get_output(j).dtype == dtype for j in range(layer.num_outputs)):
             return True
     return False
 
@@ -59,6 +72,7 @@ def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
     half: bool = False,
+    int8: bool = False,
     workspace_gib: float | None = 4.0,
     max_batch: int = 1,
     imgsz: tuple[int, int] = (640, 640),
@@ -75,7 +89,7 @@ def build_engine(
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")  # the parser resolves EfficientNMS_TRT through the plugin registry
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt, int8))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -86,11 +100,15 @@ def build_engine(
     if half:
         if has_fp16_flag(trt):
             config.set_flag(trt.BuilderFlag.FP16)
-        elif not _network_computes_in_half(network, trt):
+        elif not _network_outputs(network, trt.DataType.HALF):
             raise DeployError(
                 f"{onnx_path}: TensorRT {trt.__version__} has no FP16 builder flag and this ONNX computes in "
                 "float32; export it with half=True so the fp16 precision is in the graph"
             )
+    if int8 and not _network_outputs(network, trt.DataType.INT8):
+        raise DeployError(
+            f"{onnx_path}: int8=True but this ONNX has no quantized (Q/DQ) layers; export it with int8=True"
+        )
     if network.num_inputs != 1:
         raise DeployError(f"{onnx_path}: expected one image input, the network has {network.num_inputs}")
     inp = network.get_input(0)

@@ -28,7 +28,8 @@ class ModelMetadata:
 
     ``imgsz`` is (H, W) of the export (the largest size for dynamic H/W). ``input_dtype`` is the numpy dtype
     name of the ``images`` input ("float32", or "float16" for a half-input graph). ``precision`` is the
-    compute precision inside the graph ("fp32" or "fp16"). ``preprocess`` is how inputs must be letterboxed
+    compute precision inside the graph ("fp32", "fp16", or "int8" for an explicitly quantized QDQ graph, whose
+    ``quantization`` says how it was calibrated and which layers stayed float). ``preprocess`` is how inputs must be letterboxed
     (a fixed-size graph: ``auto`` False at its size; dynamic H/W: minimal padding). ``postprocess`` is the NMS
     the export was made with: baked into the graph when ``nms`` is "onnx" or "trt" (then multi-label, not
     agnostic), else the defaults ``deploy.predict`` and ``Detector`` apply. Files written before these two
@@ -51,6 +52,7 @@ class ModelMetadata:
     version: str = ""
     framework: str = "detector"
     opset: int | None = None
+    quantization: dict | None = None
 
     def __post_init__(self) -> None:
         self.imgsz = (int(self.imgsz[0]), int(self.imgsz[1]))

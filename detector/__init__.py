@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "Results", "__version__"]
+__all__ = ["Boxes", "Detector", "Results", "__version__"]
 
 if TYPE_CHECKING:
+    from detector.predict.boxes import Boxes
     from detector.predict.detector import Detector
     from detector.predict.results import Results
 
@@ -18,6 +19,10 @@ def __getattr__(name: str):
         from detector.predict.detector import Detector
 
         return Detector
+    if name == "Boxes":
+        from detector.predict.boxes import Boxes
+
+        return Boxes
     if name == "Results":
         from detector.predict.results import Results
 

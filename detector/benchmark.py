@@ -1,7 +1,9 @@
 """``detector benchmark``: median latency and throughput of one model per backend and batch size.
 
 Backends: ``torch`` (eval form: auxiliary branches dropped, nothing fused), ``torch-fused`` (the deploy form:
-RepConv/BN fused), ``onnx`` (exported with dynamic batch, run by ONNX Runtime) and ``engine`` (TensorRT). Each
+RepConv/BN fused), ``onnx`` (exported with dynamic batch, run by ONNX Runtime), ``onnx-int8`` (the same, INT8
+QDQ, calibrated on ``calib`` images of ``data`` or with ``calib=free``; skipped without either) and ``engine``
+(TensorRT). Each
 (backend, batch) is warmed up, then timed ``runs`` times around one forward; on CUDA the timing includes
 ``torch.cuda.synchronize()`` (torch) or the runner's stream synchronisation. Torch backends time the forward on
 a batch already on the device; the deploy runners take a host batch, so their time includes the copies in and
@@ -26,7 +28,7 @@ from detector.config import ConfigError
 from detector.model import DetectionModel
 
 Forward = Callable[[], object]
-ALL_BACKENDS = ("torch", "torch-fused", "onnx", "engine")
+ALL_BACKENDS = ("torch", "torch-fused", "onnx", "onnx-int8", "engine")
 
 
 class BackendUnavailable(Exception):
@@ -37,16 +39,18 @@ class BackendUnavailable(Exception):
 class BenchmarkArgs:
     """``detector benchmark`` keys."""
 
-    model: str = ""
-    backends: list[str] = field(default_factory=lambda: list(ALL_BACKENDS))
-    batch: list[int] = field(default_factory=lambda: [1, 8, 32])
-    imgsz: int = 640
-    half: bool = False
-    device: str = "cpu"
-    runs: int = 20
-    warmup: int = 5
-    threads: int | None = None
-    out: str | None = None
+    model: str = ""  # .pt checkpoint, zoo name or model YAML
+    backends: list[str] = field(default_factory=lambda: list(ALL_BACKENDS))  # torch, torch-fused, onnx, engine
+    batch: list[int] = field(default_factory=lambda: [1, 8, 32])  # batch sizes to time
+    imgsz: int = 640  # square input size
+    half: bool = False  # fp16 (CUDA)
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    runs: int = 20  # timed forwards per (backend, batch); the median is reported
+    warmup: int = 5  # untimed forwards first
+    threads: int | None = None  # CPU threads of torch and ONNX Runtime (default: their own)
+    out: str | None = None  # CSV path (default runs/benchmark/NAME-IMGSZ-DEVICE-TIME.csv)
+    data: str | None = None  # calibration images for the onnx-int8 backend
+    calib: int | str = 32  # calibration images (or "free": data-free)
 
 
 @dataclass
@@ -72,21 +76,27 @@ class Bench:
         rng = np.random.default_rng(0)
         return rng.random((batch, 3, self.args.imgsz, self.args.imgsz), dtype=np.float32)
 
-    def exported(self, fmt: str) -> Path:
+    def exported(self, fmt: str, int8: bool = False) -> Path:
         """The model exported once per format with a dynamic batch up to the largest benchmarked batch."""
-        if fmt not in self._exports:
+        key = fmt + ("-int8" if int8 else "")
+        if key not in self._exports:
             from detector.export import export
+            from detector.quantize import Int8Options
 
-            self._exports[fmt] = export(
+            q = int8 and Int8Options(keep_float=0)  # the sensitivity pass changes accuracy, not speed
+            self._exports[key] = export(
                 self.model,
                 format=fmt,
                 imgsz=self.args.imgsz,
                 batch=max(self.args.batch),
                 dynamic=True,
                 half=self.args.half,
-                out=self.workdir / f"model.{fmt}",
+                out=self.workdir / f"model-{key}.{fmt}",
+                int8=q,
+                data=self.args.data,
+                calib=self.args.calib,
             )
-        return self._exports[fmt]
+        return self._exports[key]
 
 
 def _torch_backend(fused: bool) -> Callable[[Bench, int], Forward]:
@@ -110,7 +120,7 @@ def _torch_backend(fused: bool) -> Callable[[Bench, int], Forward]:
     return prepare
 
 
-def _onnx_backend(bench: Bench, batch: int) -> Forward:
+def _onnx_backend(bench: Bench, batch: int, int8: bool = False) -> Forward:
     from deploy.errors import DeployError
     from deploy.onnx_runner import OnnxRunner
 
@@ -119,11 +129,19 @@ def _onnx_backend(bench: Bench, batch: int) -> Forward:
     except ImportError:
         raise BackendUnavailable('onnxruntime is not installed (pip install "detector[export]")') from None
     try:
-        runner = OnnxRunner(bench.exported("onnx"), device=str(bench.device), threads=bench.args.threads)
+        runner = OnnxRunner(bench.exported("onnx", int8), device=str(bench.device), threads=bench.args.threads)
     except DeployError as e:
         raise BackendUnavailable(str(e)) from None
     x = bench.host_batch(batch)
     return lambda: runner(x)
+
+
+def _onnx_int8_backend(bench: Bench, batch: int) -> Forward:
+    if bench.args.half:
+        raise BackendUnavailable("half=True and INT8 exclude each other")
+    if not bench.args.data and bench.args.calib != "free":
+        raise BackendUnavailable("needs calibration images: data=DATASET (or calib=free)")
+    return _onnx_backend(bench, batch, int8=True)
 
 
 def _engine_backend(bench: Bench, batch: int) -> Forward:
@@ -148,6 +166,7 @@ BACKENDS: dict[str, Callable[[Bench, int], Forward]] = {
     "torch": _torch_backend(fused=False),
     "torch-fused": _torch_backend(fused=True),
     "onnx": _onnx_backend,
+    "onnx-int8": _onnx_int8_backend,
     "engine": _engine_backend,
 }
 
@@ -232,21 +251,22 @@ def load_train_form(source: str) -> DetectionModel:
     return build_model(source).eval()
 
 
-def _as_yaml_list(item: str, keys: tuple[str, ...]) -> str:
-    """``batch=1,8,32`` -> ``batch=[1,8,32]`` so the typed loader reads numbers, not one string."""
-    key, _, value = item.partition("=")
-    if key in keys and "," in value and not value.lstrip().startswith("["):
-        return f"{key}=[{value}]"
-    return item
-
-
 def cli_benchmark(argv: list[str]) -> int:
-    """``detector benchmark model=... [backends=torch,torch-fused,onnx,engine] [batch=1,8,32] [imgsz=640]
-    [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [threads=N] [out=CSV]``; ``threads`` sets the CPU
-    threads of torch and ONNX Runtime alike (default: their own)."""
-    from detector.config import load
+    """``detector benchmark model=... [backends=torch,torch-fused,onnx,onnx-int8,engine] [batch=1,8,32]
+    [imgsz=640] [half=True] [device=cpu|cuda] [runs=20] [warmup=5] [threads=N] [data=DATA calib=32] [out=CSV]``;
+    ``threads`` sets the CPU threads of torch and ONNX Runtime alike (default: their own); ``data``/``calib``
+    calibrate the ``onnx-int8`` backend."""
+    from detector.cli_args import mode_args
 
-    args = load(BenchmarkArgs, overrides=[_as_yaml_list(a, ("backends", "batch")) for a in argv])
+    args = mode_args("benchmark", argv)
+    if args is None:
+        return 0
+    run_benchmark(args)
+    return 0
+
+
+def run_benchmark(args: BenchmarkArgs, verbose: bool = True) -> list[Row]:
+    """What ``detector benchmark`` does: check, time, write the CSV (``args.out`` or runs/benchmark/...), print."""
     _check(args)
     model = load_train_form(args.model)
     model_name = str(model.yaml.get("name", Path(args.model).stem))
@@ -256,9 +276,10 @@ def cli_benchmark(argv: list[str]) -> int:
         Path(args.out) if args.out else Path("runs/benchmark") / f"{model_name}-{args.imgsz}-{args.device}-{stamp}.csv"
     )
     write_csv(rows, out, args, model_name)
-    precision = "fp16" if args.half else "fp32"
-    threads = f", {args.threads} threads" if args.threads else ""
-    print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
-    print(format_table(rows))
-    print(f"\nsaved {out}")
-    return 0
+    if verbose:
+        precision = "fp16" if args.half else "fp32"
+        threads = f", {args.threads} threads" if args.threads else ""
+        print(f"{model_name} @ {args.imgsz}, {args.device}{threads}, {precision}, median of {args.runs} runs")
+        print(format_table(rows))
+        print(f"\nsaved {out}")
+    return rows

@@ -108,6 +108,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _scalar(text: str) -> Any:
+    """One comma-separated piece of a list written as ``batch=1,8`` -> a YAML scalar (``1``, ``"onnx"``)."""
+    try:
+        return yaml.safe_load(text.strip())
+    except yaml.YAMLError:
+        return text.strip()
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """Recursive dict merge; ``update`` wins; neither input is modified."""
     out = dict(base)
@@ -145,7 +153,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple):
         (inner, *_) = get_args(tp) or (Any,)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool) and inner is not Any:
-            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
+            value = (
+                [value]
+                if not isinstance(value, str)
+                else [v if inner is str else _scalar(v) for v in value.split(",") if v]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -29,6 +29,7 @@ from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
 from detector.model import DetectionModel
+from detector.quantize.options import Int8Options, resolve_int8
 
 if TYPE_CHECKING:
     import onnx
@@ -95,10 +96,11 @@ def _check_args(format: str, nms: str, batch: int, opset: int) -> None:
         raise ConfigError(f"export: nms=onnx needs opset >= {MIN_OPSET}, got opset={opset}")
 
 
-def _default_out(model_or_ckpt, model: DetectionModel, suffix: str) -> Path:
+def _default_out(model_or_ckpt, model: DetectionModel, suffix: str, int8: bool = False) -> Path:
+    tag = "_int8" if int8 else ""
     if isinstance(model_or_ckpt, (str, Path)) and Path(model_or_ckpt).suffix in CHECKPOINT_SUFFIXES:
-        return Path(model_or_ckpt).with_suffix(suffix)
-    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{suffix}"
+        return Path(model_or_ckpt).with_name(f"{Path(model_or_ckpt).stem}{tag}{suffix}")
+    return Path("runs/export") / f"{model.yaml.get('name', 'model')}{tag}{suffix}"
 
 
 def torch_to_onnx(graph: nn.Module, sample: Tensor, opset: int, dynamic: bool, dynamic_hw: bool) -> onnx.ModelProto:
@@ -159,6 +161,10 @@ def export(
     multi_label: bool | None = None,
     agnostic: bool | None = None,
     classes: list[int] | None = None,
+    verbose: bool = True,
+    int8: bool | Int8Options = False,
+    data: str | None = None,
+    calib: int | str = 200,
 ) -> Path:
     """Export the deploy form of a model, checkpoint or zoo name; returns the written file.
 
@@ -171,7 +177,23 @@ def export(
     (``detector.export_contract``), where ``deploy`` and ``Detector`` read them. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    ``verbose``: a progress bar over the stages (trace, simplify, NMS, check and save, engine build).
+    ``int8``: post-training INT8 quantization into a QDQ graph (``detector.quantize``), calibrated on ``calib``
+    images of ``data``'s train split or, with ``calib="free"``, on images synthesised from BatchNorm statistics;
+    pass an ``Int8Options`` for the finer settings. The default name then ends in ``_int8``.
     """
+    from detector.progress import quiet, stages
+
+    steps = ["trace", *(["simplify"] * simplify), *(["nms"] * (nms != "none")), "check and save"]
+    steps += ["tensorrt engine"] * (format == "engine")
+    with quiet(not verbose), stages("export", steps) as stage:
+        return _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace,
+                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib)  # fmt: skip
+
+
+def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf, iou,
+            max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib) -> Path:  # fmt: skip
+    """The body of ``export``; ``stage(name)`` advances its progress bar."""
     import onnx
 
     from deploy.metadata import ModelMetadata
@@ -180,6 +202,7 @@ def export(
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     _check_args(format, nms, batch, opset)
+    q = resolve_int8(int8, data, calib, half)
     nms_cfg = export_nms(nms, conf, iou, max_det, multi_label, agnostic, classes)
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
@@ -187,12 +210,13 @@ def export(
         model.half()
     graph = DeployGraph(model).eval()
     sample = torch.zeros(batch, 3, h, w)
-    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format])
+    target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format], q is not None)
     if format == "engine" and target.suffix == ".onnx":
         raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = target if format == "onnx" else target.with_suffix(".onnx")
 
+    stage("trace")
     try:
         proto = torch_to_onnx(graph, sample, opset, dynamic, dynamic_hw)
     except Exception as e:  # noqa: BLE001 - report which model and opset failed, not a 40-frame trace
@@ -200,9 +224,18 @@ def export(
             f"export: torch.onnx could not export {model.yaml.get('name')} at opset {opset}: {e}"
         ) from e
     if simplify:
+        stage("simplify")
         proto = simplify_onnx(proto)
+    if q is not None:  # float graph -> calibrated QDQ graph (detector.quantize), before any in-graph NMS
+        from detector.quantize.ptq import quantize_proto
+
+        quant = quantize_proto(proto, model_or_ckpt, q, imgsz=(h, w), stride=int(max(model.strides)),
+                               batch=1 if dynamic else batch, nc=len(model.names), target=format)  # fmt: skip
+        proto = quant.model
     if nms != "none":
+        stage("nms")
         add_nms(proto, nms, nms_cfg.conf, nms_cfg.iou, nms_cfg.max_det, opset)
+    stage("check and save")
     meta = ModelMetadata(
         names={int(i): str(n) for i, n in model.names.items()},
         strides=[float(s) for s in model.strides],
@@ -212,7 +245,8 @@ def export(
         dynamic_hw=dynamic_hw,
         nms=nms,
         input_dtype="float32",
-        precision="fp16" if half else "fp32",
+        precision="int8" if q is not None else "fp16" if half else "fp32",
+        quantization=quant.summary() if q is not None else None,
         preprocess=export_preprocess((h, w), int(max(model.strides)), dynamic_hw),
         postprocess=nms_cfg,
         model=str(model.yaml.get("name", "")),
@@ -231,6 +265,7 @@ def export(
     LOG.info("wrote %s", onnx_path)
     if format == "onnx":
         return onnx_path
+    stage("tensorrt engine")
     return _build_engine(onnx_path, target, meta, half, workspace)
 
 
@@ -245,6 +280,7 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
             onnx_path,
             engine_path,
             half=half,
+            int8=meta.precision == "int8",
             workspace_gib=workspace,
             max_batch=meta.batch,
             imgsz=meta.imgsz,
@@ -260,31 +296,40 @@ def _build_engine(onnx_path: Path, engine_path: Path, meta, half: bool, workspac
 class ExportArgs:
     """``detector export`` keys (see ``export`` for their meaning)."""
 
-    model: str = ""
-    format: Literal["onnx", "engine"] = "onnx"
-    imgsz: int | list[int] = 640
-    batch: int = 1
-    dynamic: bool = False
-    dynamic_hw: bool = False
-    half: bool = False
-    simplify: bool = True
-    nms: Literal["none", "onnx", "trt"] = "none"
-    opset: int | None = None
-    workspace: float | None = 4.0
-    conf: float | None = None  # None: the prediction defaults (NMSConfig.predict)
-    iou: float | None = None
-    max_det: int | None = None
-    multi_label: bool | None = None
-    agnostic: bool | None = None
-    classes: list[int] | None = None
-    out: str | None = None
+    model: str = ""  # .pt checkpoint, zoo name or model YAML (fresh weights)
+    format: Literal["onnx", "engine"] = "onnx"  # engine = TensorRT (needs a GPU and tensorrt)
+    imgsz: int | list[int] = 640  # N or [H, W], multiples of the model stride
+    batch: int = 1  # static batch, or the largest batch of a dynamic engine
+    dynamic: bool = False  # variable batch
+    dynamic_hw: bool = False  # variable height/width too
+    half: bool = False  # fp16 weights and compute (float32 input/output)
+    simplify: bool = True  # onnxslim the graph
+    nms: Literal["none", "onnx", "trt"] = "none"  # NMS inside the graph: ONNX op or TensorRT plugin
+    opset: int | None = None  # ONNX opset (default 17)
+    workspace: float | None = 4.0  # TensorRT builder memory pool, GiB
+    conf: float | None = None  # in-graph NMS score threshold (None: the prediction defaults, NMSConfig.predict)
+    iou: float | None = None  # in-graph NMS IoU threshold
+    max_det: int | None = None  # in-graph NMS boxes per image
+    multi_label: bool | None = None  # in-graph NMS: a box may carry several classes
+    agnostic: bool | None = None  # in-graph NMS across classes
+    classes: list[int] | None = None  # keep only these class ids
+    out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
+    verbose: bool = True  # progress bar over the export stages
+    int8: bool = False  # post-training INT8 quantization (QDQ ONNX), needs data= or calib=free
+    data: str | None = None  # dataset whose train split calibrates int8
+    calib: int | str = 200  # calibration images, or "free" (synthesised from BatchNorm statistics)
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # activation range calibration
+    keep_float: int = 4  # int8: also keep this many most quantization-sensitive convs in float
+    clip_weights: float = 0.0  # int8: per-channel weight clipping at K standard deviations (0 = off)
 
 
 def cli_export(argv: list[str]) -> int:
     """``detector export model=CKPT_OR_NAME format=onnx|engine [imgsz=640] [batch=1] [dynamic=True] ...``."""
-    from detector.config import load
+    from detector.cli_args import mode_args
 
-    args = load(ExportArgs, overrides=argv)
+    args = mode_args("export", argv)
+    if args is None:
+        return 0
     if not args.model:
         raise ConfigError("detector export: name a model, e.g. `detector export model=runs/train/exp/best.pt`")
     imgsz = args.imgsz if isinstance(args.imgsz, int) else tuple(args.imgsz)
@@ -310,6 +355,11 @@ def cli_export(argv: list[str]) -> int:
         multi_label=args.multi_label,
         agnostic=args.agnostic,
         classes=args.classes,
+        verbose=args.verbose,
+        int8=args.int8
+        and Int8Options(method=args.calib_method, keep_float=args.keep_float, clip_weights=args.clip_weights),
+        data=args.data,
+        calib=args.calib,
     )
     print(f"exported {path}")
     return 0

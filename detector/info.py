@@ -167,49 +167,53 @@ def model_summary(model: DetectionModel, imgsz: int = 640) -> dict:
     }
 
 
-def split_args(argv: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
-    """argv -> (positional words, key=value pairs, --flags)."""
-    pos, kv, flags = [], {}, set()
-    for a in argv:
-        if a.startswith("--"):
-            flags.add(a[2:])
-        elif "=" in a:
-            k, v = a.split("=", 1)
-            kv[k] = v
-        else:
-            pos.append(a)
-    return pos, kv, flags
+def format_info(model: DetectionModel, imgsz: int = 640, summary: dict | None = None) -> str:
+    """The layer table and the one-line summary ``detector info`` prints."""
+    summary = summary or model_summary(model, imgsz)
+    rows = layer_table(model, imgsz)
+    wf = max([4] + [len(r.sources) for r in rows])
+    wb = max([5] + [len(r.block) for r in rows])
+    lines = [f"{'#':>3} {'section':<9} {'block':<{wb}} {'from':<{wf}} {'tag':<6} {'params':>11}  output"]
+    for r in rows:
+        lines.append(
+            f"{r.index:>3} {r.section:<9} {r.block:<{wb}} {r.sources:<{wf}} {r.tag:<6} {r.params:>11,}  {r.shape}"
+        )
+    lines.append(
+        f"\n{summary['name']} @ {imgsz}: train form {summary['params'] / 1e6:.3f}M params, "
+        f"{summary['gflops']:.1f} GFLOPs | deploy form {summary['deploy_params'] / 1e6:.3f}M params, "
+        f"{summary['deploy_gflops']:.1f} GFLOPs"
+    )
+    return "\n".join(lines)
+
+
+@dataclass
+class InfoArgs:
+    """``detector info`` keys."""
+
+    model: str = ""  # zoo name or model YAML (a bare word works too: detector info gelan-c)
+    imgsz: int = 640  # input size for shapes and GFLOPs
+    nc: int | None = None  # number of classes (default: the model file's)
+    json: bool = False  # print one JSON object (the summary) instead of the table
 
 
 def cli_info(argv: list[str]) -> int:
     """``detector info MODEL [imgsz=640] [nc=80] [--json]``."""
     import json
 
+    from detector.cli_args import mode_args
     from detector.config import ConfigError
     from detector.model import build_model
 
-    pos, kv, flags = split_args(argv)
-    model_name = pos[0] if pos else kv.pop("model", None)
-    if not model_name:
+    args = mode_args("info", argv)
+    if args is None:
+        return 0
+    if not args.model:
         raise ConfigError("detector info: name a model, e.g. `detector info gelan-c`")
-    unknown = set(kv) - {"imgsz", "nc", "model"}
-    if unknown:
-        raise ConfigError(f"detector info: unknown key(s) {sorted(unknown)}; valid: imgsz, nc")
-    imgsz = int(kv.get("imgsz", 640))
-    model = build_model(model_name, nc=int(kv["nc"]) if "nc" in kv else None)
+    imgsz = args.imgsz
+    model = build_model(args.model, nc=args.nc)
     summary = model_summary(model, imgsz)
-    if "json" in flags:
+    if args.json:
         print(json.dumps(summary))
         return 0
-    rows = layer_table(model, imgsz)
-    wf = max([4] + [len(r.sources) for r in rows])
-    wb = max([5] + [len(r.block) for r in rows])
-    print(f"{'#':>3} {'section':<9} {'block':<{wb}} {'from':<{wf}} {'tag':<6} {'params':>11}  output")
-    for r in rows:
-        print(f"{r.index:>3} {r.section:<9} {r.block:<{wb}} {r.sources:<{wf}} {r.tag:<6} {r.params:>11,}  {r.shape}")
-    print(
-        f"\n{summary['name']} @ {imgsz}: train form {summary['params'] / 1e6:.3f}M params, "
-        f"{summary['gflops']:.1f} GFLOPs | deploy form {summary['deploy_params'] / 1e6:.3f}M params, "
-        f"{summary['deploy_gflops']:.1f} GFLOPs"
-    )
+    print(format_info(model, imgsz, summary))
     return 0

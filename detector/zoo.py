@@ -6,10 +6,10 @@ from functools import cache
 from pathlib import Path
 
 from detector.config import ConfigError
+from detector.resources import data_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = ROOT / "models"
-CONFIGS_DIR = ROOT / "configs"
+MODELS_DIR = data_dir("models")
+CONFIGS_DIR = data_dir("configs")
 
 
 @cache

@@ -87,7 +87,8 @@ def val_detections(setup: dict, rect: bool, name: str, batch: int = 1) -> dict[s
 def rows(r) -> np.ndarray:
     """``Results`` or ``Detections`` -> ``(n, 6)`` rows."""
     cls = r.cls if hasattr(r, "cls") else r.class_ids
-    return np.concatenate([r.boxes, r.scores[:, None], cls[:, None].astype(np.float32)], 1).astype(np.float64)
+    boxes = r.xyxy if hasattr(r, "xyxy") else r.boxes  # Results.boxes is a Boxes object; Detections.boxes an array
+    return np.concatenate([boxes, r.scores[:, None], cls[:, None].astype(np.float32)], 1).astype(np.float64)
 
 
 def test_inputs_are_identical_on_every_path(setup):

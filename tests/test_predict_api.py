@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_detector
+from tiny_models import tiny_checkpoint, tiny_detector
 
 from detector import Detector, Results
-from detector.checkpoint import save_checkpoint
 from detector.errors import DetectorError
-from detector.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "datasets/bccd/JPEGImages").glob("*.jpg"))[:3]
@@ -29,13 +27,7 @@ TINY = tiny_detector()
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A checkpoint of a tiny model whose class bias is raised so random weights still give detections."""
-    torch.manual_seed(0)
-    model = build_model(TINY)
-    for seq in model.main_head.cls:
-        seq[-1].bias.data[:] = 0.5
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint({"model": model.state_dict(), "model_yaml": model.yaml, "names": NAMES}, path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def det(ckpt) -> Detector:
 
 def _rows(r: Results) -> np.ndarray:
     """Detections as rows sorted by class then rounded box, so near-tied scores cannot reorder them."""
-    rows = np.concatenate((r.cls[:, None], r.boxes.round(1), r.scores[:, None]), 1)
+    rows = np.concatenate((r.cls[:, None], r.xyxy.round(1), r.scores[:, None]), 1)
     return rows[np.lexsort(rows[:, 4::-1].T)]
 
 

@@ -23,7 +23,7 @@ def ckpt(tmp_path_factory):
 
 
 def _rows(r) -> np.ndarray:
-    return np.concatenate((r.boxes, r.scores[:, None], r.cls[:, None].astype(np.float32)), 1)
+    return np.concatenate((r.xyxy, r.scores[:, None], r.cls[:, None].astype(np.float32)), 1)
 
 
 @pytest.mark.parametrize("nms", ["none", "onnx"])

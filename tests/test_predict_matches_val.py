@@ -36,7 +36,7 @@ def test_predict_equals_validation_detections(tmp_path):
     images = sorted((tmp_path / "bccd" / "JPEGImages").glob("*.jpg"))
     results = det.predict(images, conf=0.001, iou=0.7, imgsz=96, max_det=300, multi_label=True, batch=4)
     for r in results:
-        ours = np.array([[c, *b, s] for c, b, s in zip(r.cls, r.boxes, r.scores)], dtype=np.float64).reshape(-1, 6)
+        ours = np.array([[c, *b, s] for c, b, s in zip(r.cls, r.xyxy, r.scores)], dtype=np.float64).reshape(-1, 6)
         theirs = np.array(by_image[Path(r.path).stem], dtype=np.float64).reshape(-1, 6)
         assert len(ours) == len(theirs), Path(r.path).name
         # order by class then box (rounded: the JSON keeps 3 decimals), not by score, which ties at this conf

@@ -96,7 +96,7 @@ def test_every_image_one_row_equal_to_detector_and_a_dead_worker_is_retried(loca
         assert (row["height"], row["width"]) == ref.orig_shape
         assert row["classes"] == ref.cls.tolist(), ref.path
         assert row["class_names"] == [NAMES[c] for c in ref.cls]
-        np.testing.assert_allclose(np.array(row["boxes"], np.float32).reshape(-1, 4), ref.boxes, atol=1e-4)
+        np.testing.assert_allclose(np.array(row["boxes"], np.float32).reshape(-1, 4), ref.xyxy, atol=1e-4)
         np.testing.assert_allclose(np.array(row["scores"], np.float32), ref.scores, atol=1e-6)
     assert run.detections == sum(len(r) for r in local)
 

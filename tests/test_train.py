@@ -195,7 +195,9 @@ def test_val_cli_writes_coco_json(trained, tmp_path):
 def test_command_line_parsing(tmp_path, capsys):
     assert cli_train(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "optim.lr0=None" in out and "augment.close_mosaic=15" in out and "resume=False" in out
+    keys = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")}
+    assert keys["optim.lr0"][:4] == ["float", "|", "None", "None"] and keys["augment.close_mosaic"][:2] == ["int", "15"]
+    assert keys["resume"][:4] == ["bool", "|", "str", "False"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: gelan-t\nepochs: 5\noptim: {optimizer: SGD}\naugment: {mosaic: 0.5}\n")
     cfg = parse_train_args([str(recipe), "epochs=7", "optim.lr0=0.02", "loss.box=5.0"])

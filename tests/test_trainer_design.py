@@ -14,7 +14,7 @@ from detector.engine.trainer import Trainer, parse_train_args
 
 LOOP_ATTRIBUTES = {
     "cfg", "user_callbacks", "finish_reason", "start_epoch", "epoch", "iteration", "batch_index", "batch",
-    "rng_states", "last_step", "_lock", "parts", "step", "losses", "callbacks",
+    "rng_states", "last_step", "_lock", "_verbose_before", "parts", "step", "losses", "callbacks",
 }  # fmt: skip
 
 

@@ -22,3 +22,18 @@ _TINY = {
 def tiny_detector() -> dict:
     """A fresh copy of the tiny model dict (callers may edit it)."""
     return copy.deepcopy(_TINY)
+
+
+def tiny_checkpoint(path, names=("Platelets", "RBC", "WBC")):
+    """Save the tiny model with its class bias raised, so random weights still give detections; returns ``path``."""
+    import torch
+
+    from detector.checkpoint import save_checkpoint
+    from detector.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_detector())
+    for seq in model.main_head.cls:
+        seq[-1].bias.data[:] = 0.5
+    save_checkpoint({"model": model.state_dict(), "model_yaml": model.yaml, "names": list(names)}, path)
+    return path

@@ -84,6 +84,7 @@ class DataType(enum.Enum):
     FLOAT = "float32"
     HALF = "float16"
     INT32 = "int32"
+    INT8 = "int8"
 
 
 class TensorIOMode(enum.Enum):
@@ -218,6 +219,8 @@ class FakeParser:
             return False
         self.network.inputs = [types.SimpleNamespace(name="images", shape=list(trt.network_input_shape))]
         self.network.layers = [FakeLayer(DataType[d]) for d in trt.network_layer_dtypes]
+        if b"QuantizeLinear" in data:  # an explicitly quantized ONNX: its Q layers output INT8, as in TensorRT
+            self.network.layers.append(FakeLayer(DataType.INT8))
         return True
 
     @property
@@ -272,7 +275,8 @@ class FakeBuilder:
 
 
 def make_tensorrt(major: int = 10) -> types.ModuleType:
-    """A ``tensorrt`` module of the given major version: 10 has ``BuilderFlag.FP16``, 11 does not."""
+    """A ``tensorrt`` module of the given major version: 10 has ``BuilderFlag.FP16`` and the STRONGLY_TYPED
+    network flag, 11 neither."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = f"{major}.4.0"
     trt.calls = []
@@ -283,6 +287,8 @@ def make_tensorrt(major: int = 10) -> types.ModuleType:
     trt.DataType, trt.TensorIOMode = DataType, TensorIOMode
     flags = {"TF32": "tf32"} if major >= 11 else {"FP16": "fp16", "TF32": "tf32"}
     trt.BuilderFlag = types.SimpleNamespace(**flags)
+    if major < 11:  # TensorRT 11 networks are always strongly typed
+        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
     trt.Logger = type("Logger", (), {"WARNING": 2, "INFO": 3, "__init__": lambda self, level=2: None})
     trt.nptype = lambda dt: np.dtype(dt.value).type

@@ -16,7 +16,7 @@ import torch
 
 from detector import __version__
 from detector.checkpoint import save_checkpoint
-from detector.config import ConfigError, load
+from detector.config import ConfigError
 from detector.convert.mapping import KeyMapping, LoadReport, apply
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
@@ -137,16 +137,18 @@ def convert(
 class ConvertConfig:
     """Keys of ``detector convert SRC [key=value ...]``."""
 
-    src: str = ""
+    src: str = ""  # the foreign checkpoint (a bare word works too: detector convert SRC)
     out: str = ""  # default: SRC's folder, SRC-stem + "-" + model + ".pt"
     model: str = ""  # our zoo model the weights go into (e.g. vovnet39-v1-cls)
     source: str = ""  # force a source kind (default: recognised from the keys)
 
 
 def cli_convert(argv: list[str]) -> int:
-    positional = [a for a in argv if "=" not in a]
-    cfg = load(ConvertConfig, [], [a for a in argv if "=" in a])
-    cfg.src = cfg.src or (positional[0] if positional else "")
+    from detector.cli_args import mode_args
+
+    cfg = mode_args("convert", argv)  # SRC as a bare word or src=
+    if cfg is None:
+        return 0
     if not cfg.src:
         raise ConfigError(
             f"detector convert: give the checkpoint to convert: detector convert SRC model=NAME ({', '.join(SOURCES)})"

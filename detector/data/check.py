@@ -8,12 +8,15 @@ and there is at least one box), 1 when not.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from detector.data.convert import TARGETS, convert, default_splits
+from detector.cli_args import mode_args
+from detector.config import ConfigError
+from detector.data.convert import convert, default_splits
 from detector.data.formats import get_format
 from detector.data.labels import LabelSet, Problem, problem
 from detector.data.load import load_split
@@ -42,6 +45,7 @@ def check(data: str | Path | dict | DatasetSpec, splits: list[str] | None = None
     """The report ``detector data check`` prints (see ``--json``): totals, per split, problems, ``usable``."""
     spec = resolve_dataset(data)
     report: dict = {"data": str(spec.source), "root": str(spec.root), "format": spec.format, "splits": {}}
+    report["notes"] = list(spec.notes)
     problems: list[Problem] = []
     names: list[str] = []
     usable = True
@@ -79,7 +83,8 @@ def format_report(report: dict) -> str:
     """The human-readable form of a ``check`` report."""
     root = report["root"]
     names = report["names"]
-    lines = [f"dataset {report['data']} ({report['format']}, {len(names)} classes)", ""]
+    lines = [f"dataset {report['data']} ({report['format']}, {len(names)} classes)"]
+    lines += [f"note: {n}" for n in report.get("notes", [])] + [""]
     splits = report["splits"]
     lines.append(
         f"{'split':<10}{'images':>8}{'backgr.':>9}{'instances':>11}{'crowd':>7}{'diffic.':>9}  image size (w x h)"
@@ -108,30 +113,54 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cli_data(argv: list[str]) -> int:
-    """Entry point of ``detector data``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="detector data", description="dataset tools")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="validate a dataset and report its contents and problems")
-    p_check.add_argument("data", help="dataset YAML, Pascal VOC folder, or config name")
-    p_check.add_argument("--json", action="store_true", help="print one JSON object")
-    p_check.add_argument("--split", action="append", help="only this split (repeatable)")
-    p_check.add_argument("--no-cache", action="store_true", help="re-read everything, ignoring the label cache")
-    p_conv = sub.add_parser("convert", help="write the dataset as YOLO txt or COCO JSON")
-    p_conv.add_argument("data", help="dataset YAML, Pascal VOC folder, or config name")
-    p_conv.add_argument("out", help="output folder")
-    p_conv.add_argument("--to", required=True, choices=TARGETS)
-    p_conv.add_argument("--split", action="append", help="only this split (repeatable)")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    if args.command == "check":
-        report = check(args.data, args.split, cache=not args.no_cache)
-        print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
-        return 0 if report["usable"] else 1
+@dataclass
+class DataCheckArgs:
+    """``detector data check`` keys."""
+
+    data: str = ""  # dataset YAML, dataset folder (VOC, Roboflow COCO, with a data.yaml) or a name in configs/data
+    json: bool = False  # print one JSON object
+    split: list[str] | None = None  # only these splits (default: every split defined)
+    cache: bool = True  # use the label cache (--no-cache re-reads everything)
+
+
+@dataclass
+class DataConvertArgs:
+    """``detector data convert`` keys."""
+
+    data: str = ""  # dataset YAML, dataset folder or a name in configs/data
+    out: str = ""  # output folder (gets data.yaml, images and labels)
+    to: Literal["yolo", "coco"] = "yolo"  # target format
+    split: list[str] | None = None  # only these splits
+
+
+def cli_data_check(argv: list[str]) -> int:
+    """``detector data check DATA [--json] [--split S] [--no-cache]``; exit status 0 when usable."""
+    args = mode_args("data check", argv)
+    if args is None:
+        return 0
+    if not args.data:
+        raise ConfigError("detector data check: name the data, e.g. `detector data check path/to/data.yaml`")
+    report = check(args.data, args.split, cache=args.cache)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    return 0 if report["usable"] else 1
+
+
+def cli_data_convert(argv: list[str]) -> int:
+    """``detector data convert DATA OUT --to yolo|coco [--split S]``."""
+    args = mode_args("data convert", argv)
+    if args is None:
+        return 0
+    if not args.data or not args.out:
+        raise ConfigError("detector data convert: give DATA and OUT, e.g. `detector data convert bccd out/ --to coco`")
     yaml_path, written = convert(args.data, args.to, args.out, splits=args.split)
     for split, ls in written.items():
         print(f"{split}: {len(ls.images)} images, {int(ls.instances_per_class().sum())} boxes")
     print(f"wrote {yaml_path}")
     return 0
+
+
+def cli_data(argv: list[str]) -> int:
+    """``detector data check|convert ...`` from Python (the CLI dispatches sub-commands itself)."""
+    from detector.cli import main
+
+    return main(["data", *argv])

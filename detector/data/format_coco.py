@@ -66,7 +66,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def categories(data: dict[str, Any], path: Path) -> tuple[list[str], list[int]]:
+    """Class names and category ids in id order. A category that only groups others (it is their
+    ``supercategory``) and labels nothing is not a class: Roboflow's COCO exports put the project name there."""
     cats = sorted(data.get("categories") or [], key=lambda c: c["id"])
+    groups = {c.get("supercategory") for c in cats}
+    used = {a.get("category_id") for a in data.get("annotations") or []}
+    cats = [c for c in cats if not (c["name"] in groups and c["id"] not in used)] or cats
     if not cats:
         raise ConfigError(f"{path}: no categories")
     return [str(c["name"]) for c in cats], [int(c["id"]) for c in cats]

@@ -89,13 +89,19 @@ def get_format(name: str) -> LabelFormat:
     return FORMATS.get(name)()
 
 
-def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``[fn(x) for x in items]`` on a few threads: file reads and image header parsing release the GIL."""
+def thread_map(fn: Callable[[T], R], items: Iterable[T], desc: str = "") -> list[R]:
+    """``[fn(x) for x in items]`` on a few threads: file reads and image header parsing release the GIL.
+
+    With ``desc``, a progress bar (``detector.progress``) counts the items as they finish.
+    """
+    from detector.progress import bar
+
     items = list(items)
     if len(items) < 64:
-        return [fn(x) for x in items]
+        return [fn(x) for x in bar(items, desc, leave=False)] if desc else [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return list(pool.map(fn, items, chunksize=32))
+        results = pool.map(fn, items, chunksize=32)
+        return list(bar(results, desc, total=len(items), leave=False) if desc else results)
 
 
 def resolve(root: Path, entry: str | Path) -> Path:

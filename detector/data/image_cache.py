@@ -87,7 +87,7 @@ class ImageCache:
             self.put(i, img)
             return True
 
-        return sum(thread_map(one, range(len(self.files))))
+        return sum(thread_map(one, range(len(self.files)), desc=f"caching images ({self.mode})"))
 
     def get(self, i: int) -> np.ndarray | None:
         if not self.enabled:

@@ -36,7 +36,7 @@ def load_split(data: str | Path | dict | DatasetSpec, split: str, *, cache: bool
         return hit
     names, category_ids = fmt.names(spec)
     records, problems = fmt.records(spec, split, names)
-    results = thread_map(lambda r: validate_record(r, names), records)
+    results = thread_map(lambda r: validate_record(r, names), records, desc=f"scanning {split} labels")
     images = []
     for labels, found in results:
         problems += found

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from detector import progress
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.engine.train_loss import check_finite
 
@@ -76,7 +77,12 @@ class ProgressBar(Callback):
         from tqdm import tqdm
 
         LOGGER.info("\n" + self.header)
-        self.pbar = tqdm(total=trainer.parts.batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}", leave=True)
+        self.pbar = tqdm(
+            total=trainer.parts.batches_per_epoch,
+            bar_format="{l_bar}{bar:10}{r_bar}",
+            leave=True,
+            disable=not progress.enabled(),
+        )
         self.last = 0.0
         self.done = 0
 
@@ -172,7 +178,8 @@ class EarlyStopping(Callback):
 
 class ResultsLogger(Callback):
     """``results.csv`` (one row per epoch: train losses, ``evaluator``'s metrics, each parameter group's lr),
-    TensorBoard scalars when installed, ``results.png`` and the labelled grids of the first training batches.
+    ``results.png`` and the labelled grids of the first training batches. ``last_row`` is that epoch's row, which
+    the experiment loggers (``detector.engine.loggers``: ``loggers=tensorboard,mlflow``) send on.
 
     State: how many epochs the csv holds, so a resumed run first drops the rows of an epoch that was cut off
     before its checkpoint.
@@ -184,6 +191,7 @@ class ResultsLogger(Callback):
     def __init__(self, evaluator: Evaluator | None = None) -> None:
         self.evaluator = evaluator
         self.rows = 0
+        self.last_row: dict = {}
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -194,13 +202,6 @@ class ResultsLogger(Callback):
     def before_train(self, trainer: Trainer) -> None:
         self.csv = trainer.run_dir / "results.csv"
         self.last_plot = time.monotonic()
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(trainer.run_dir))
-        except ImportError:  # tensorboard is optional
-            pass
         if self.csv.is_file():
             drop_rows_after(self.csv, self.rows)
 
@@ -222,18 +223,13 @@ class ResultsLogger(Callback):
         row.update(group_lrs(trainer.parts.optimizer))
         write_csv_row(self.csv, row)
         self.rows = trainer.epoch + 1
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    self.tb.add_scalar(k, v, trainer.epoch + 1)
+        self.last_row = row
         if trainer.cfg.plots and time.monotonic() - self.last_plot > self.plot_every_s:
             self.plot()
 
     def after_train(self, trainer: Trainer) -> None:
         if trainer.cfg.plots and self.csv.is_file():
             self.plot()
-        if self.tb is not None:
-            self.tb.close()
 
     def plot(self) -> None:
         from detector.engine.plots import plot_results

@@ -105,6 +105,8 @@ class TrainConfig:
     fused_bn: bool = True  # fused BatchNorm + SiLU Triton kernels in Conv blocks when training on CUDA
     save_period: int = 0  # also keep weights/epochN.pt every N epochs (0 = off)
     plots: bool = True
+    loggers: list[str] = field(default_factory=list)  # tensorboard, mlflow (pip install 'detector[log]')
+    verbose: bool = True  # progress bars (training, validation, label scanning, caching)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # includes close_mosaic (last N epochs)
     # loss settings handed to every head's loss builder, which validates them (tal: box, cls, dfl, topk, ...)
@@ -121,24 +123,25 @@ class TrainConfig:
 class ValRunConfig:
     """``detector val model=CKPT data=DATA ...``; unset values come from the checkpoint's training config."""
 
-    model: str = ""  # checkpoint path
-    data: str | None = None
-    split: str = "val"
-    imgsz: int | None = None
+    model: str = ""  # checkpoint path, or an exported .onnx / .engine (then data= is needed)
+    data: str | None = None  # default: the data the checkpoint was trained on
+    split: str = "val"  # val, test or train
+    imgsz: int | None = None  # default: the training imgsz
     batch: int = 16
-    device: str = ""
+    device: str = ""  # "" = cuda:0 if available else cpu
     workers: int = 4
-    conf: float = VAL_NMS.conf
-    iou: float = VAL_NMS.iou
+    conf: float = VAL_NMS.conf  # score threshold (low, as mAP wants)
+    iou: float = VAL_NMS.iou  # NMS IoU threshold
     max_det: int = VAL_NMS.max_det
-    multi_label: bool = VAL_NMS.multi_label
-    agnostic: bool = VAL_NMS.agnostic
-    classes: list[int] | None = None
-    save_json: bool = False
-    plots: bool = True
+    multi_label: bool = VAL_NMS.multi_label  # a box may count once per class above conf
+    agnostic: bool = VAL_NMS.agnostic  # NMS across classes
+    classes: list[int] | None = None  # keep only these class ids
+    save_json: bool = False  # predictions.json (COCO results) and metrics.json
+    plots: bool = True  # PR curve, confusion matrix, labelled batches
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False
+    verbose: bool = True  # progress bars
 
     limits: ClassVar[dict[str, Range]] = {
         "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE, "conf": UNIT, "iou": UNIT,

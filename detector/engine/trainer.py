@@ -13,9 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-from detector import __version__
+from detector import __version__, progress
 from detector.checkpoint import load_checkpoint, remove_stale_temporaries
-from detector.config import ConfigError, check_limits, load, parse_overrides, save_yaml
+from detector.config import ConfigError, check_limits, load, save_yaml
 from detector.engine import callbacks as cb
 from detector.engine.build import TrainParts, build_parts, load_resume, preflight
 from detector.engine.distributed import barrier, broadcast_object, init_distributed, shutdown_distributed
@@ -23,7 +23,7 @@ from detector.engine.logs import close_log_files, duration, setup_logging
 from detector.engine.rng import gather_rng_states, init_seeds, set_rng_state
 from detector.engine.run_lock import RunLock
 from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
-from detector.engine.settings import TrainConfig, keys_help
+from detector.engine.settings import TrainConfig
 from detector.engine.step import StepResult, TrainStep
 from detector.engine.train_loss import LossMeter
 from detector.engine.train_step import make_train_step
@@ -49,6 +49,7 @@ class Trainer:
         self.rng_states: list[dict] = []
         self.last_step: StepResult | None = None
         self._lock: RunLock | None = None
+        self._verbose_before = progress.enabled()  # restored by close()
 
     # -- the loop --------------------------------------------------------------------------------------------
     def train(self):
@@ -137,6 +138,7 @@ class Trainer:
             resume, self.cfg = load_resume(self.cfg)
         cfg = self.cfg
         check_limits(cfg, "config")
+        progress.set_verbose(cfg.verbose and dist.is_main)  # bars: training, validation, labels, caching
         if cfg.batch % dist.world_size:
             raise ConfigError(f"batch={cfg.batch} must be divisible by the number of processes ({dist.world_size})")
         if resume is None:
@@ -186,7 +188,11 @@ class Trainer:
         p = self.parts
         validator = Validator(p.val_loader, p.names, self.cfg.val, p.device, run_dir=p.run_dir, loss=p.loss.main,
                               amp_dtype=p.amp_dtype)  # fmt: skip
-        return cb.default_callbacks(validator, self.cfg.patience, self.cfg.save_period)
+        from detector.engine.loggers import build_loggers
+
+        callbacks = cb.default_callbacks(validator, self.cfg.patience, self.cfg.save_period)
+        results = next(c for c in callbacks if isinstance(c, cb.ResultsLogger))
+        return callbacks + build_loggers(self.cfg.loggers, results)  # loggers=tensorboard,mlflow
 
     def restore(self, ckpt: dict) -> None:
         """Parts, step and callback states of a resumed run, and where its epochs and RNG streams continue."""
@@ -238,6 +244,7 @@ class Trainer:
             self._lock = None
         close_log_files()
         shutdown_distributed()
+        progress.set_verbose(self._verbose_before)
 
 
 def legacy_callback_states(ckpt: dict) -> dict:
@@ -251,15 +258,15 @@ def legacy_callback_states(ckpt: dict) -> dict:
 def parse_train_args(argv: list[str]) -> TrainConfig:
     """``[RECIPE.yaml] key=value ...`` -> ``TrainConfig``. With ``resume`` set, only device/workers/project may
     be given too: a resumed run keeps its saved config."""
-    files = [a for a in argv if "=" not in a]
-    pairs = [a for a in argv if "=" in a]
+    from detector.cli_args import split_argv
+
+    files, overrides = split_argv(argv, TrainConfig)
     if len(files) > 1:
         raise ConfigError(f"command line: expected at most one recipe YAML, got {files}")
     if files:
         from detector.zoo import CONFIGS_DIR, find_yaml
 
         files = [str(find_yaml(files[0], CONFIGS_DIR, "recipe"))]
-    overrides = parse_overrides(pairs)
     if overrides.get("resume"):
         extra = sorted(set(overrides) - set(RESUME_KEEPS)) + (files or [])
         if extra:
@@ -277,8 +284,12 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
 
 def cli_train(argv: list[str]) -> int:
     """``detector train [RECIPE.yaml] key=value ...`` (also under ``torchrun``)."""
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(keys_help(TrainConfig(), "detector train [RECIPE.yaml | recipe-name] key=value ..."))
+    from detector.cli_args import mode_help, wants_help
+
+    if wants_help(argv):
+        from detector.cli import MODES
+
+        print(mode_help(MODES["train"]))
         return 0
     cfg = parse_train_args(argv)
     Trainer(cfg).train()

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from detector.engine.coco_crosscheck import EvaluatedImage, cross_check
+from detector.engine.exported_val import EXPORTED_SUFFIXES, exported_val_inputs
 from detector.engine.settings import ValConfig, ValRunConfig
 from detector.errors import DetectorError
 from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
 from detector.ops.boxes import scale_boxes
 from detector.ops.nms import non_max_suppression
+from detector.progress import bar, quiet
 
 LOGGER = logging.getLogger("detector")
 TABLE_COLUMNS = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -125,7 +127,8 @@ class Validator:
         n_batches = n_images = 0
         times = np.zeros(3)
         non_blocking = self.device.type == "cuda"
-        for bi, batch in enumerate(self.loader):
+        batches = bar(self.loader, f"validating {self.cfg.split}", total=len(self.loader), unit="batch", leave=False)
+        for bi, batch in enumerate(batches):
             t0 = time.perf_counter()
             images = batch["img"].to(self.device, non_blocking=non_blocking).float().div_(255)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -245,7 +248,13 @@ def coco_results(image_id, det: ImageDetections, category_ids: list[int]) -> lis
 # -- detector val --------------------------------------------------------------------------------------------
 def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     """Evaluate checkpoint ``cfg.model`` on ``cfg.data`` (default: the data it was trained on); outputs go to
-    ``runs/val/NAME``."""
+    ``runs/val/NAME``; ``verbose=False`` hides the progress bars. An exported ``.onnx``/``.engine`` is evaluated
+    through its deploy runner (``data=`` needed)."""
+    with quiet(not cfg.verbose):
+        return _validate_checkpoint(cfg)
+
+
+def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
     from detector.data.labels import class_names
@@ -258,20 +267,29 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
         raise DetectorError(
             "val: give the checkpoint to evaluate, e.g. detector val model=runs/train/exp/weights/best.pt"
         )
-    if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
-        raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
-    ckpt = load_checkpoint(cfg.model)
-    trained = ckpt.get("config") or {}
-    data = cfg.data or trained.get("data")
-    if not data:
-        raise DetectorError(f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA")
-    imgsz = cfg.imgsz or int(trained.get("imgsz", 640))
     device = select_device(cfg.device)
+    exported = Path(cfg.model).suffix in EXPORTED_SUFFIXES  # an ONNX / TensorRT export (detector.engine.exported_val)
+    if exported:
+        if not cfg.data:
+            raise DetectorError(f"val: {cfg.model} is an exported model; say which data to evaluate on with data=DATA")
+        model, imgsz, rect, names = exported_val_inputs(cfg.model, cfg.imgsz, device)
+        data = cfg.data
+    else:
+        if not Path(cfg.model).is_file() and not cfg.model.endswith(".pt"):
+            raise DetectorError(f"val: model={cfg.model} is not a checkpoint file; evaluate trained weights (.pt)")
+        ckpt = load_checkpoint(cfg.model)
+        trained = ckpt.get("config") or {}
+        data = cfg.data or trained.get("data")
+        if not data:
+            raise DetectorError(
+                f"{cfg.model}: the checkpoint does not say which data it was trained on; pass data=DATA"
+            )
+        imgsz, rect = cfg.imgsz or int(trained.get("imgsz", 640)), True
+        names = [str(n) for n in ckpt["names"]]
     loader, dataset = build_dataloader(
         data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
-        rank=-1, world_size=1, cache=None, rect=True,
+        rank=-1, world_size=1, cache=None, rect=rect,
     )  # fmt: skip
-    names = [str(n) for n in ckpt["names"]]
     data_names = class_names(dataset.names)
     if len(data_names) != len(names):
         raise DetectorError(
@@ -283,7 +301,8 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     report_problems(dataset, cfg.split, run_dir)
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
-    model = model_from_checkpoint(cfg.model, deploy=True).to(device)
+    if not exported:
+        model = model_from_checkpoint(cfg.model, deploy=True).to(device)
     val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label,
                         agnostic=cfg.agnostic, classes=cfg.classes, batch=cfg.batch, save_json=cfg.save_json,
                         plots=cfg.plots)  # fmt: skip
@@ -296,11 +315,9 @@ def validate_checkpoint(cfg: ValRunConfig) -> ValResult:
 
 def cli_val(argv: list[str]) -> int:
     """``detector val model=CKPT [data=DATA] [split=val] [save_json=True] [imgsz=] [batch=] [conf=] [iou=]``."""
-    from detector.config import load
-    from detector.engine.settings import keys_help
+    from detector.cli_args import mode_args
 
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(keys_help(ValRunConfig(), "detector val model=CKPT [data=DATA] key=value ..."))
-        return 0
-    validate_checkpoint(load(ValRunConfig, [], argv))
+    cfg = mode_args("val", argv)
+    if cfg is not None:
+        validate_checkpoint(cfg)
     return 0

@@ -4,17 +4,19 @@
 ``G = w.shape[1]`` weight groups are shared by channels ``c, c + G, c + 2G, ...`` (the authors' kernel indexes
 the weight channel as ``c % G``).
 
-This is the pure-PyTorch reference: nine shifted slices of the padded input, each multiplied by its kernel tap
-and summed. It is exact, runs on any device, is differentiable by autograd and exports to ONNX as
-Pad/Slice/Mul/Add. A fused GPU kernel can replace it later behind the same signature.
+Two implementations behind one signature, both in ``cuda_ops.ska``: on CUDA tensors the fused Triton kernel
+(forward and backward, where CUDA and Triton are usable), everywhere else and while tracing/exporting the
+pure-PyTorch reference (nine shifted slices of the padded input times their taps: exact, differentiable by
+autograd, exports to ONNX as Pad/Slice/Mul/Add). CPU behaviour is the reference's, unchanged.
 """
 
 from __future__ import annotations
 
-import math
-
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
+
+from cuda_ops.ska import ska as ska_op
+from cuda_ops.ska import ska_reference
 
 
 def ska(x: Tensor, w: Tensor) -> Tensor:
@@ -27,21 +29,10 @@ def ska(x: Tensor, w: Tensor) -> Tensor:
     Returns:
         Tensor[B, C, H, W].
     """
-    b, c, h, wd = x.shape
-    if w.dim() != 5 or w.shape[0] != b or w.shape[3:] != (h, wd):
-        raise ValueError(f"ska: weights {tuple(w.shape)} do not match input {tuple(x.shape)}; want (B, G, k*k, H, W)")
-    groups, taps = w.shape[1], w.shape[2]
-    k = math.isqrt(taps)
-    if k * k != taps or k % 2 == 0 or c % groups:
-        raise ValueError(f"ska: need an odd square kernel and C % G == 0, got C={c}, G={groups}, taps={taps}")
-    pad = k // 2
-    xp = F.pad(x, (pad, pad, pad, pad)).view(b, c // groups, groups, h + 2 * pad, wd + 2 * pad)
-    out = None
-    for i in range(k):
-        for j in range(k):
-            term = xp[..., i : i + h, j : j + wd] * w[:, None, :, i * k + j]  # (B, C/G, G, H, W)
-            out = term if out is None else out + term
-    return out.reshape(b, c, h, wd)
+    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    if x.is_cuda and not exporting:
+        return ska_op(x, w, impl="auto")  # the Triton kernel where it can run, else the reference
+    return ska_reference(x, w)
 
 
 class SKA(nn.Module):

@@ -6,11 +6,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlparse
 
 import cv2
 from tqdm import tqdm
 
-from detector.config import ConfigError, Range, load
+from detector.config import ConfigError, Range
 from detector.predict.detector import Detector
 from detector.predict.results import Results
 from detector.predict.sources import VIDEO_SUFFIXES, expand_paths, output_name, source_root, video_frame_count
@@ -23,8 +24,8 @@ WRITABLE_IMAGES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 class PredictConfig:
     """Command-line settings of ``detector predict`` (every key is ``key=value``)."""
 
-    model: str = ""
-    source: str = ""  # file, directory (searched recursively), glob or video
+    model: str = ""  # .pt checkpoint, .onnx / .engine export, zoo name or model YAML
+    source: str = ""  # file, directory (recursive), glob, video, image URL, rtsp/http stream, webcam index (0)
     # NMS and size: None = the model's defaults (NMSConfig.predict: conf 0.25, iou 0.7, max_det 300, one label
     # per box; an exported model's own config and size)
     conf: float | None = None
@@ -34,9 +35,9 @@ class PredictConfig:
     classes: list[int] | None = None
     agnostic: bool | None = None
     multi_label: bool | None = None
-    batch: int = 1
-    device: str | None = None
-    half: bool = False
+    batch: int = 1  # images per forward
+    device: str | None = None  # cpu, 0, cuda:1 (default: GPU when there is one)
+    half: bool = False  # fp16 on CUDA
     save: bool = True  # annotated images / videos
     save_txt: bool = False  # YOLO txt labels (with confidence) per image
     save_json: bool = False  # predictions.json with every image's detections
@@ -64,6 +65,12 @@ def _expected_frames(source: str) -> int | None:
     return sum(video_frame_count(p) if p.suffix.lower() in VIDEO_SUFFIXES else 1 for p in paths)
 
 
+def _remote_name(path: str) -> Path:
+    """The output name of a URL (the last part of its path) or a webcam (``webcam0``)."""
+    name = Path(urlparse(path).path).name if "://" in path else path
+    return Path("".join(ch for ch in name if ch.isalnum() or ch in "-_.") or "stream")
+
+
 class _Writer:
     """Writes what ``predict`` was asked to save into one run directory."""
 
@@ -75,8 +82,13 @@ class _Writer:
         self.count = 0
 
     def add(self, r: Results) -> None:
-        # the source's sub-path, so a/x.jpg and b/x.jpg do not overwrite each other
-        rel = output_name(r.path, self.root) if r.path else Path(f"image{self.count}.jpg")
+        # the source's sub-path, so a/x.jpg and b/x.jpg do not overwrite each other; URLs and webcams by name
+        if not r.path:
+            rel = Path(f"image{self.count}.jpg")
+        elif "://" in r.path or r.path.startswith("webcam "):
+            rel = _remote_name(r.path)
+        else:
+            rel = output_name(r.path, self.root)
         self.count += 1
         if self.cfg.save:
             if r.frame is None:
@@ -85,17 +97,17 @@ class _Writer:
                 self._video(r, rel).write(r.plot())
         if self.cfg.save_txt:
             stem = rel.with_suffix("") if r.frame is None else rel.with_name(f"{rel.stem}_{r.frame}")
-            label = self.dir / "labels" / stem.with_name(stem.name + ".txt")
-            label.parent.mkdir(parents=True, exist_ok=True)
-            label.write_text("".join(line + "\n" for line in r.to_txt(with_conf=True)))
+            r.save_txt(self.dir / "labels" / stem.with_name(stem.name + ".txt"), save_conf=True)
         if self.cfg.save_json:
             self.records.append(r.to_dict())
 
     def _video(self, r: Results, rel: Path) -> cv2.VideoWriter:
         if r.path not in self.videos:
-            cap = cv2.VideoCapture(r.path)
-            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-            cap.release()
+            fps = 25.0  # streams and webcams: not re-opened just to ask
+            if Path(r.path).is_file():
+                cap = cv2.VideoCapture(r.path)
+                fps = cap.get(cv2.CAP_PROP_FPS) or fps
+                cap.release()
             h, w = r.orig_shape
             target = self.dir / rel.with_suffix(".avi")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,9 +123,12 @@ class _Writer:
 
 def cli_predict(argv: list[str]) -> int:
     """Run ``detector predict``; returns the exit status."""
+    from detector.cli_args import mode_args
     from detector.engine.runs import increment_run_dir
 
-    cfg = load(PredictConfig, [], argv)
+    cfg = mode_args("predict", argv)
+    if cfg is None:
+        return 0
     if not cfg.model or not cfg.source:
         raise ConfigError("detector predict: give model=CKPT_OR_NAME and source=PATH (file, directory, glob or video)")
     if cfg.engine == "ray":

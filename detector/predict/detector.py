@@ -17,7 +17,8 @@ from detector.ops import LetterboxPlan, NMSConfig, PreprocessSpec
 from detector.ops.boxes import scale_boxes
 from detector.ops.letterbox import to_input
 from detector.ops.nms import non_max_suppression
-from detector.predict.backends import Backend, load_backend
+from detector.predict.backends import Backend
+from detector.predict.facade import ModelModes
 from detector.predict.results import Results
 from detector.predict.sources import Frame, iter_frames
 
@@ -27,12 +28,13 @@ def _batched(frames: Iterator[Frame], n: int) -> Iterator[list[Frame]]:
         yield chunk
 
 
-class Detector:
-    """Run a detection model on images and videos.
+class Detector(ModelModes):
+    """Run a detection model on images and videos; train, validate, export, inspect and time it (``ModelModes``).
 
     >>> det = Detector("gelan-t")                       # architecture with fresh weights
     >>> det = Detector("runs/train/exp/weights/best.pt")  # trained checkpoint, deploy form
     >>> results = det.predict("images/", conf=0.25)      # list of Results, one per image
+    >>> Detector("gelan-t").train(data="bccd", epochs=10, imgsz=320)  # then det runs the run's best.pt
 
     Args:
         model: zoo name, model YAML, ``.pt`` checkpoint, or an exported ``.onnx`` / ``.engine`` file.
@@ -43,8 +45,10 @@ class Detector:
     def __init__(
         self, model: str | Path = "gelan-t", device: str | None = None, half: bool = False, deploy: bool = True
     ):
-        self.backend: Backend = load_backend(model, device, half, deploy)
-        self.model_path = str(model)
+        self._device_arg, self._half, self._deploy = device, half, deploy
+        self._callbacks: list = []
+        self.backend: Backend
+        self._load(model)  # sets backend and model_path
         self.skipped: list[tuple[str, str]] = []
 
     @property

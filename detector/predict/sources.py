@@ -1,7 +1,8 @@
 """Turn anything a user may pass to ``predict`` into a stream of BGR frames.
 
-Accepted: a path to an image or a video, a directory, a glob pattern, a list of those, a numpy image (BGR, as
-OpenCV reads it), a PIL image, a torch tensor ((3, H, W) or (B, 3, H, W), RGB, 0..1), or a list of images.
+Accepted: a path to an image or a video, a directory, a glob pattern, an image URL, an RTSP/HTTP stream URL, a
+webcam index (``0``), a list of those, a numpy image (BGR, as OpenCV reads it), a PIL image, a torch tensor
+((3, H, W) or (B, 3, H, W), RGB, 0..1), or a list of images.
 Frames are produced lazily, so a long video is never held in memory.
 
 A directory source is searched recursively (subfolders included, sorted by path), the same rule as a dataset
@@ -23,6 +24,15 @@ import numpy as np
 from detector.data.image_io import ImageReadError
 from detector.data.image_io import read_image as read_rgb
 from detector.errors import DetectorError
+from detector.predict.streams import (
+    capture_label,
+    fetch_image,
+    is_image_url,
+    is_url,
+    is_webcam,
+    iter_capture,
+    read_frames,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".wmv", ".webm", ".asf", ".gif", ".ts"}
@@ -74,18 +84,8 @@ def iter_video(path: Path) -> Iterator[Frame]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DetectorError(f"{path}: cannot open video (missing codec or not a video)")
-    try:
-        i = 0
-        while True:
-            ok, img = cap.read()
-            if not ok:
-                break
-            yield Frame(img, str(path), i)
-            i += 1
-        if i == 0:
-            raise DetectorError(f"{path}: video has no readable frames")
-    finally:
-        cap.release()
+    for img, i in read_frames(cap, str(path)):
+        yield Frame(img, str(path), i)
 
 
 def video_frame_count(path: str | Path) -> int:
@@ -154,6 +154,9 @@ def iter_frames(source: Any, on_skip: SkipReporter | None = None) -> Iterator[Fr
     In a directory, glob or list, an unreadable image is reported through ``on_skip(path, reason)`` and
     skipped; a single unreadable file given on its own raises ``DetectorError``.
     """
+    if is_webcam(source) or (isinstance(source, str) and is_url(source)):
+        yield from _iter_remote(source)
+        return
     if isinstance(source, (str, Path)):
         paths = expand_paths(source)
         yield from _iter_paths(paths, on_skip if len(paths) > 1 or Path(str(source)).is_dir() else None)
@@ -171,15 +174,25 @@ def iter_frames(source: Any, on_skip: SkipReporter | None = None) -> Iterator[Fr
         if not source:
             raise DetectorError("predict: the source list is empty")
         for item in source:
-            if isinstance(item, (str, Path)):
+            if isinstance(item, (str, Path)) and not (is_webcam(item) or is_url(str(item))):
                 yield from _iter_paths(expand_paths(item), on_skip)
             else:
                 yield from iter_frames(item, on_skip)
         return
     raise DetectorError(
-        f"predict: unsupported source type {type(source).__name__}; give a path, directory, glob, list, "
-        "numpy image, PIL image, torch tensor or video file"
+        f"predict: unsupported source type {type(source).__name__}; give a path, directory, glob, list, URL, "
+        "webcam index, numpy image, PIL image, torch tensor or video file"
     )
+
+
+def _iter_remote(source: int | str) -> Iterator[Frame]:
+    """An image URL (one frame), or the frames of a stream URL / webcam index (see ``detector.predict.streams``)."""
+    if isinstance(source, str) and is_image_url(source):
+        yield Frame(fetch_image(source), source)
+        return
+    label = capture_label(source)
+    for img, i in iter_capture(source):
+        yield Frame(img, label, i)
 
 
 def _iter_paths(paths: list[Path], on_skip: SkipReporter | None) -> Iterator[Frame]:

@@ -111,7 +111,7 @@ def _row(path: str, r, names: dict[int, str]) -> dict[str, Any]:
         "path": path,
         "width": int(w),
         "height": int(h),
-        "boxes": [[float(v) for v in b] for b in r.boxes],
+        "boxes": [[float(v) for v in b] for b in r.xyxy],
         "scores": [float(s) for s in r.scores],
         "classes": cls,
         "class_names": [names.get(c, str(c)) for c in cls],
