@@ -1,5 +1,6 @@
 """The fused BatchNorm + SiLU op: the reference path here, the kernels in subprocesses (``bn_silu_interpreted.py``)
-so that ``TRITON_INTERPRET=1`` is set before Triton is imported and never leaks into the rest of the suite."""
+so that ``TRITON_INTERPRET`` is set (or, for the sm_90 build, unset) before Triton is imported, whatever the
+suite-wide conftest sets (``--noconftest``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,20 @@ def run_checks(interpret: bool, select: str) -> None:
         env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", str(CHECKS), "-k", select]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:xdist",
+        "-p",
+        "no:cacheprovider",
+        "--noconftest",
+        str(CHECKS),
+        "-k",
+        select,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
