@@ -31,6 +31,7 @@ from detector.engine.settings import TrainConfig
 from detector.engine.train_loss import TrainLoss
 from detector.errors import DetectorError
 from detector.model import DetectionModel, build_model, load_model_dict
+from detector.nn.conv import use_fused_bn
 from detector.registry import LOSSES
 
 LOGGER = logging.getLogger("detector")
@@ -163,6 +164,7 @@ def build_train_model(cfg: TrainConfig, names: list[str], device: torch.device, 
 
             LOGGER.info(f"weights={cfg.weights}: {load_weights(model, cfg.weights).summary()}")
     model.names = dict(enumerate(names))
+    use_fused_bn(model, cfg.fused_bn)  # the fused BatchNorm + SiLU kernel where it runs (CUDA)
     return model_to_channels_last(model.to(device).train(), device)
 
 

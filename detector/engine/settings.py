@@ -102,6 +102,8 @@ class TrainConfig:
     cache: bool | str = False  # keep decoded resized images: False, True / "ram", "disk"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     sync_bn: bool = False  # SyncBatchNorm under DDP
+    graph: bool = False  # capture the training step in CUDA graphs and replay it (eager, saying why, where it cannot)
+    fused_bn: bool = True  # fused BatchNorm + SiLU Triton kernels in Conv blocks when training on CUDA
     save_period: int = 0  # also keep weights/epochN.pt every N epochs (0 = off)
     plots: bool = True
     loggers: list[str] = field(default_factory=list)  # tensorboard, mlflow (pip install 'detector[log]')

@@ -27,6 +27,7 @@ class TrainLoss:
         self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
         self.losses = {tag: LOSSES.get(head.loss)(head, loss_cfg) for tag, head in self.heads.items()}
         self.main = self.losses[self.main_tag]
+        self.nc = int(self.heads[self.main_tag].nc)
         self.main_names = list(self.main.names)
         self.names = [n if t == self.main_tag else f"{t}_{n}" for t in self.heads for n in self.losses[t].names]
 

@@ -27,6 +27,7 @@ from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_o
 from detector.engine.settings import TrainConfig
 from detector.engine.step import StepResult, TrainStep
 from detector.engine.train_loss import LossMeter
+from detector.engine.train_step import make_train_step
 
 LOGGER = logging.getLogger("detector")
 RESUME_KEEPS = ("resume", "device", "workers", "project")  # what a resume may still set on the command line
@@ -180,7 +181,7 @@ class Trainer:
     def make_step(self) -> TrainStep:
         """The per-batch step. Any callable ``(batch, epoch, iteration, last_in_epoch) -> StepResult`` with
         ``state_dict``/``load_state_dict`` fits here (e.g. a captured, sync-free step chosen by the config)."""
-        return TrainStep(self.parts, after_backward=lambda: self.emit("after_backward"))
+        return make_train_step(self.parts, after_backward=lambda: self.emit("after_backward"))
 
     def default_callbacks(self) -> list[cb.Callback]:
         if not self.dist.is_main:
