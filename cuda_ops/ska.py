@@ -54,7 +54,7 @@ def ska_reference(x: Tensor, w: Tensor) -> Tensor:
     b, c, h, wd = x.shape
     groups = w.shape[1]
     pad = k // 2
-    xp = F.pad(x, (pad, pad, pad, pad)).view(b, c // groups, groups, h + 2 * pad, wd + 2 * pad)
+    xp = F.pad(x, (pad, pad, pad, pad)).reshape(b, c // groups, groups, h + 2 * pad, wd + 2 * pad)  # any layout
     out = None
     for i in range(k):
         for j in range(k):

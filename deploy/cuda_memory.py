@@ -8,6 +8,7 @@ which ``check`` turns into a ``DeployError``.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 from types import ModuleType
 
@@ -103,3 +104,51 @@ class DeviceBuffer:
         rt = cuda_runtime()
         kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check(rt.cudaMemcpyAsync(host.ctypes.data, self.ptr, host.nbytes, kind, stream.raw), "cudaMemcpyAsync D2H")
+
+
+class HostBuffer:
+    """Page-locked (pinned) host memory: copies from it to the GPU are true asynchronous DMA, where pageable
+    numpy memory makes the driver stage every copy through its own pinned bounce buffer first. ``view`` gives
+    a numpy array over the first bytes; ``ensure`` regrows it (the old contents are dropped)."""
+
+    def __init__(self, nbytes: int = 0) -> None:
+        self.ptr = 0
+        self.nbytes = 0
+        self.ensure(nbytes)
+
+    def ensure(self, nbytes: int) -> None:
+        if nbytes <= self.nbytes:
+            return
+        self.free()
+        self.ptr = int(check(cuda_runtime().cudaMallocHost(max(int(nbytes), 1)), f"cudaMallocHost({nbytes} bytes)"))
+        self.nbytes = int(nbytes)
+
+    def view(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A writable numpy array of ``shape``/``dtype`` over this memory (no copy)."""
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        if n > self.nbytes:
+            raise DeployError(f"pinned buffer of {self.nbytes} bytes cannot hold {shape} {dtype}")
+        return np.frombuffer((ctypes.c_char * n).from_address(self.ptr), dtype=dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            check(cuda_runtime().cudaFreeHost(self.ptr), "cudaFreeHost")
+        self.ptr, self.nbytes = 0, 0
+
+
+def device_count() -> int:
+    """CUDA GPUs visible to this process (0 when the driver reports none)."""
+    rt = cuda_runtime()
+    err, count = rt.cudaGetDeviceCount()
+    return int(count) if err == rt.cudaError_t.cudaSuccess else 0
+
+
+def use_device(index: int) -> None:
+    """Make GPU ``index`` current for this thread (TensorRT deserialises and runs on the current device)."""
+    visible = device_count()
+    if not 0 <= index < visible:
+        from deploy.device import DeviceError
+
+        raise DeviceError(f"device=cuda:{index}: only {visible} CUDA GPU(s) are visible")
+    check(cuda_runtime().cudaSetDevice(int(index)), f"cudaSetDevice({index})")

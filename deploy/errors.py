@@ -7,6 +7,7 @@ from types import ModuleType
 
 GPU_EXTRA = 'pip install "detector[gpu]"'
 EXPORT_EXTRA = 'pip install "detector[export]"'
+ORT_EXTRA = 'pip install "detector[ort]"'
 
 
 class DeployError(Exception):

@@ -70,8 +70,11 @@ def preprocess(
     as ``spec`` says (``Runner.input_spec()`` gives a model's; a bare size pads to exactly that size).
 
     Also returns each image's ``(ratio, (padw, padh))`` and original ``(h0, w0)`` for
-    ``postprocess.scale_boxes``.
+    ``postprocess.scale_boxes``. A ``uint8`` model input (a graph that normalises itself) gets the raw pixels.
     """
     batch, plans = letterbox_batch(images, spec)
-    x = (batch.astype(np.float32) / np.float32(255)).astype(dtype, copy=False)  # float32 first, then narrow
+    if np.dtype(dtype) == np.uint8:
+        x = batch
+    else:
+        x = (batch.astype(np.float32) / np.float32(255)).astype(dtype, copy=False)  # float32 first, then narrow
     return x, [p.ratio_pad for p in plans], [im.shape[:2] for im in images]

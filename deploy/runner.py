@@ -90,6 +90,11 @@ class Runner(ABC):
                     f"{self.path.name}: input {what} is {have} but the model was exported with {want}"
                     + (" (export with dynamic=True to vary it)" if axis != 1 else "")
                 )
+        if self.input_dtype == np.uint8 and images.dtype.kind == "f":
+            raise DeployError(
+                f"{self.path.name}: this model takes uint8 pixels 0..255 (it normalises inside the graph), got "
+                f"{images.dtype}; pass the letterboxed uint8 batch (deploy.preprocess does so for such a model)"
+            )
         if self.max_batch is not None and images.shape[0] > self.max_batch:
             raise DeployError(f"{self.path.name}: batch {images.shape[0]} exceeds the model's maximum {self.max_batch}")
         return np.ascontiguousarray(images, dtype=self.input_dtype)
@@ -112,19 +117,25 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def load_runner(path: str | Path, device: str = "auto") -> Runner:
-    """Open an exported model: ``.onnx`` -> ``OnnxRunner`` (``device`` "auto"/"cpu"/"cuda"),
-    ``.engine``/``.plan`` -> ``TensorRTRunner`` (CUDA only)."""
+    """Open an exported model: ``.onnx`` -> ``OnnxRunner``, ``.engine``/``.plan`` -> ``TensorRTRunner`` (CUDA
+    only). ``device``: any form of ``deploy.device`` ("auto", "cpu", "cuda", "cuda:1", "1"); a GPU index is
+    honoured by both runners."""
+    from deploy.device import DeviceError, parse_device
+
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"{path}: model file not found")
+    spec = parse_device(device)
     if path.suffix == ".onnx":
         from deploy.onnx_runner import OnnxRunner
 
         return OnnxRunner(path, device=device)
     if path.suffix in ENGINE_SUFFIXES:
-        if device == "cpu":
+        if spec.kind in ("cpu", "mps"):
             raise DeployError(f"{path}: a TensorRT engine runs on a CUDA GPU only; use the .onnx file for CPU")
+        if len(spec.indices) > 1:
+            raise DeviceError(f"device={device!r}: a TensorRT runner uses one GPU; name one, e.g. cuda:0")
         from deploy.tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(path)
+        return TensorRTRunner(path, device=spec.indices[0] if spec.indices else 0)
     raise DeployError(f"{path}: unknown model type {path.suffix!r}; expected .onnx or {', '.join(ENGINE_SUFFIXES)}")

@@ -1,8 +1,13 @@
-"""TensorRT runner (TensorRT 10/11 named-tensor API), with device buffers from ``deploy.cuda_memory``.
+"""TensorRT runner (TensorRT 10/11 named-tensor API), with buffers from ``deploy.cuda_memory``.
 
 Each call: set the input shape on the execution context, read every output's shape back from the context,
-(re)grow device buffers, copy in, ``set_tensor_address`` for every I/O tensor, ``execute_async_v3`` on our
-stream, copy out, synchronise. Metadata comes from the ``NAME.engine.json`` sidecar written by the exporter.
+grow (only when a call needs more) the persistent device buffers and their pinned host twins, write the batch
+into the pinned input buffer, copy in, ``set_tensor_address`` for every I/O tensor, ``execute_async_v3``,
+copy out, synchronise once; everything on the runner's one stream. Pinned memory makes both copies true
+asynchronous DMA (pageable numpy memory is staged by the driver). An engine built with a ``uint8`` input
+(``detector export input_dtype=uint8``: normalisation inside the graph, on the GPU) gets raw pixels, a
+quarter of the float32 bytes. The runner works on GPU ``device`` (``load_runner(device="cuda:1")``).
+Metadata comes from the ``NAME.engine.json`` sidecar written by the exporter.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.cuda_memory import CudaStream, DeviceBuffer, cuda_runtime
+from deploy.cuda_memory import CudaStream, DeviceBuffer, HostBuffer, cuda_runtime, use_device
 from deploy.engine_builder import import_tensorrt
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata, sidecar_path
@@ -19,11 +24,14 @@ from deploy.runner import Runner
 
 
 class TensorRTRunner(Runner):
-    """Run a serialized engine. ``runner(images) -> {output name: ndarray}``; CUDA GPU required."""
+    """Run a serialized engine on GPU ``device``. ``runner(images) -> {output name: ndarray}`` (fresh arrays,
+    copied out of the pinned buffers, so they stay valid after the next call); CUDA GPU required."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, device: int = 0) -> None:
         trt = import_tensorrt()
         cuda_runtime()  # fail early, with the install hint, if the CUDA bindings are missing
+        self.device = int(device)
+        use_device(self.device)  # the engine, its context, stream and buffers all live on this GPU
         self.trt = trt
         self.path = Path(path)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -51,6 +59,7 @@ class TensorRTRunner(Runner):
                 tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0)
             )
         self.buffers = {n: DeviceBuffer() for n in names}
+        self.host = {n: HostBuffer() for n in names}  # pinned twins of the device buffers
         self.metadata = self._read_metadata()
 
     def _read_metadata(self) -> ModelMetadata:
@@ -71,8 +80,7 @@ class TensorRTRunner(Runner):
     def max_batch(self) -> int | None:
         return self.profile[2][0] if self.profile else self.fixed_batch
 
-    def check_input(self, images: np.ndarray) -> np.ndarray:
-        images = super().check_input(images)
+    def _check_profile(self, images: np.ndarray) -> np.ndarray:
         if self.profile:
             lo, _, hi = self.profile
             for axis in (0, 2, 3):
@@ -83,31 +91,39 @@ class TensorRTRunner(Runner):
                     )
         return images
 
+    def check_input(self, images: np.ndarray) -> np.ndarray:
+        return self._check_profile(super().check_input(images))
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         ctx = self.context
+        use_device(self.device)  # the current device is per thread: a runner may be called from another one
         if not ctx.set_input_shape(self.input_name, images.shape):
             raise DeployError(f"{self.path.name}: TensorRT rejected input shape {images.shape}")
-        self.buffers[self.input_name].ensure(images.nbytes)
-        self.buffers[self.input_name].copy_from_host(images, self.stream)
-        outputs = {}
+        shapes = {self.input_name: tuple(images.shape)}
         for name in self.output_names:
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise DeployError(f"{self.path.name}: output {name!r} has a data-dependent shape {shape}")
-            outputs[name] = np.empty(shape, dtype=self.dtypes[name])
-            self.buffers[name].ensure(outputs[name].nbytes)
-        for name, buf in self.buffers.items():
-            ctx.set_tensor_address(name, buf.ptr)
+            shapes[name] = shape
+        views = {}
+        for name, shape in shapes.items():
+            nbytes = int(np.prod(shape)) * self.dtypes[name].itemsize
+            self.buffers[name].ensure(nbytes)
+            self.host[name].ensure(nbytes)
+            views[name] = self.host[name].view(shape, self.dtypes[name])
+            ctx.set_tensor_address(name, self.buffers[name].ptr)
+        np.copyto(views[self.input_name], images)
+        self.buffers[self.input_name].copy_from_host(views[self.input_name], self.stream)
         if not ctx.execute_async_v3(self.stream.handle):
             raise DeployError(f"{self.path.name}: TensorRT execution failed (see the TensorRT log)")
-        for name, host in outputs.items():
-            self.buffers[name].copy_to_host(host, self.stream)
+        for name in self.output_names:
+            self.buffers[name].copy_to_host(views[name], self.stream)
         self.stream.synchronize()
-        return outputs
+        return {name: views[name].copy() for name in self.output_names}
 
     def close(self) -> None:
         """Free device memory and the stream (also safe to call twice)."""
-        for buf in getattr(self, "buffers", {}).values():
+        for buf in [*getattr(self, "buffers", {}).values(), *getattr(self, "host", {}).values()]:
             buf.free()
         if getattr(self, "stream", None) is not None:
             self.stream.close()

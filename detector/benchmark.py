@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deploy.device import parse_device
 from detector.config import ConfigError
 from detector.model import DetectionModel
 
@@ -71,7 +72,9 @@ class Bench:
 
     def __init__(self, model: DetectionModel, args: BenchmarkArgs, workdir: Path) -> None:
         self.model, self.args, self.workdir = model, args, workdir
-        self.device = torch.device(args.device)
+        from detector.engine.distributed import select_device
+
+        self.device = select_device(args.device)
         self._exports: dict[str, Path] = {}
 
     def host_batch(self, batch: int) -> np.ndarray:
@@ -97,6 +100,7 @@ class Bench:
                 int8=q,
                 data=self.args.data,
                 calib=self.args.calib,
+                device=str(self.device) if self.device.type == "cuda" else None,
             )
         return self._exports[key]
 
@@ -129,7 +133,7 @@ def _onnx_backend(bench: Bench, batch: int, int8: bool = False) -> Forward:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise BackendUnavailable('onnxruntime is not installed (pip install "detector[export]")') from None
+        raise BackendUnavailable('onnxruntime is not installed (pip install "detector[ort]")') from None
     try:
         runner = OnnxRunner(bench.exported("onnx", int8), device=str(bench.device), threads=bench.args.threads)
     except DeployError as e:
@@ -157,7 +161,7 @@ def _engine_backend(bench: Bench, batch: int) -> Forward:
     except ImportError:
         raise BackendUnavailable('tensorrt is not installed (pip install "detector[gpu]")') from None
     try:
-        runner = TensorRTRunner(bench.exported("engine"))
+        runner = TensorRTRunner(bench.exported("engine"), device=bench.device.index or 0)
     except DeployError as e:
         raise BackendUnavailable(str(e)) from None
     x = bench.host_batch(batch)
@@ -257,10 +261,11 @@ def _check(args: BenchmarkArgs) -> None:
         raise ConfigError(f"detector benchmark: unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
     if not args.batch or min(args.batch) < 1 or args.runs < 1 or args.warmup < 0 or (args.threads or 1) < 1:
         raise ConfigError("detector benchmark: batch sizes, runs and threads must be >= 1, warmup >= 0")
-    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise ConfigError(f"detector benchmark: device={args.device!r}; use cpu or cuda")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("detector benchmark: device=cuda but torch sees no CUDA GPU")
+    from detector.engine.distributed import select_device
+
+    if len(parse_device(args.device).indices) > 1:
+        raise ConfigError(f"detector benchmark: device={args.device!r}; benchmark one device at a time")
+    select_device(args.device)  # the one device parser: a form it rejects or a GPU that is not there stops here
 
 
 def load_train_form(source: str) -> DetectionModel:

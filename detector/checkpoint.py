@@ -50,6 +50,27 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Atomically copy an already written checkpoint (``best.pt`` from ``last.pt``) instead of serialising the
+    same dict twice: a byte copy costs no pickling and no second pass over GPU tensors."""
+    import shutil
+
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+            shutil.copyfileobj(s, f, length=16 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if _no_space(e):
+            kept = f"the previous {dst.name} is intact" if dst.is_file() else f"no {dst.name} was written"
+            raise NoSpaceError(f"no space left on {dst.parent}; {kept}") from None
+        raise
+
+
 def _no_space(e: BaseException) -> bool:
     """An OSError for a full disk or quota, also when torch wraps it in a RuntimeError of its own."""
     if isinstance(e, OSError) and e.errno in NO_SPACE:

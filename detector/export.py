@@ -1,6 +1,7 @@
 """Export a model's deploy form to ONNX (optionally with NMS inside) or to a TensorRT engine.
 
-The exported graph takes ``images (B, 3, H, W)`` float32 RGB in 0..1 and returns ``output0 (B, 4 + nc, A)``:
+The exported graph takes ``images (B, 3, H, W)`` float32 RGB in 0..1 (or, with ``input_dtype="uint8"``, the
+raw pixels, normalised inside the graph: a quarter of the bytes to copy to a GPU) and returns ``output0 (B, 4 + nc, A)``:
 xyxy boxes in input pixels, then class scores (the model's eval output), or with ``nms`` the four tensors
 ``num_dets``/``det_boxes``/``det_scores``/``det_classes`` (see ``detector.export_nms``). Class names,
 strides, size, version, NMS mode and input dtype go into the ONNX ``metadata_props`` (``deploy.metadata``).
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from detector import __version__
 from detector.config import ConfigError
 from detector.errors import DetectorError
+from detector.export_trace import INPUT_DTYPES, plan_trace
 from detector.model import DetectionModel
 from detector.quantize.options import Int8Options, resolve_int8
 
@@ -48,12 +50,15 @@ class DeployGraph(nn.Module):
     anchors, sigmoid) runs in float32.
     """
 
-    def __init__(self, model: DetectionModel) -> None:
+    def __init__(self, model: DetectionModel, uint8_input: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.uint8_input = uint8_input
         self.dtype = next(model.parameters()).dtype
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.uint8_input:  # raw pixels in, normalised inside the graph (on the GPU for TensorRT)
+            images = images.float() / 255.0
         return self.model.infer(images.to(self.dtype))  # decode in float32 (DetectionModel.decode)
 
 
@@ -161,6 +166,8 @@ def export(
     multi_label: bool | None = None,
     agnostic: bool | None = None,
     classes: list[int] | None = None,
+    device: str | None = None,
+    input_dtype: str = "float32",
     verbose: bool = True,
     int8: bool | Int8Options = False,
     data: str | None = None,
@@ -178,6 +185,8 @@ def export(
     (``detector.export_contract``), where ``deploy`` and ``Detector`` read them. ``format="engine"`` also writes the ONNX
     beside the engine and a metadata sidecar ``NAME.engine.json``; ``workspace`` is the TensorRT builder's
     memory pool in GiB. ``out``: target path (default beside a checkpoint, else ``runs/export/NAME.onnx``).
+    ``device``: where to trace (default: CUDA for ``half`` when present, else CPU; see ``detector.export_trace``).
+    ``input_dtype``: "float32" (RGB 0..1) or "uint8" (raw pixels 0..255, normalised inside the graph).
     ``verbose``: a progress bar over the stages (trace, simplify, NMS, check and save, engine build).
     ``plugins``: SKA and the post-processing as custom nodes for our TensorRT plugins (``detector.export_plugins``).
     ``int8``: post-training INT8 quantization into a QDQ graph (``detector.quantize``), calibrated on ``calib``
@@ -190,13 +199,13 @@ def export(
     steps += ["tensorrt engine"] * (format == "engine")
     with quiet(not verbose), stages("export", steps) as stage:
         return _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace,
-                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib,
-                       plugins)  # fmt: skip
+                       conf, iou, max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib, device,
+                       input_dtype, plugins)  # fmt: skip
 
 
 def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify, nms, opset, workspace, conf, iou,
-            max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib,
-            plugins=False) -> Path:  # fmt: skip
+            max_det, out, dynamic_hw, multi_label, agnostic, classes, int8, data, calib, device,
+            input_dtype, plugins=False) -> Path:  # fmt: skip
     """The body of ``export``; ``stage(name)`` advances its progress bar."""
     import onnx
 
@@ -210,16 +219,20 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
     if plugins and q is not None:  # calibration runs the graph in ONNX Runtime, which has no kernel for the nodes
         raise ConfigError("export: plugins=True and int8=True cannot be combined; export one or the other")
     nms_cfg = export_nms(nms, conf, iou, max_det, multi_label, agnostic, classes)
+    if input_dtype not in INPUT_DTYPES:
+        raise ConfigError(f"export: input_dtype={input_dtype!r}; choose one of {list(INPUT_DTYPES)}")
     model = load_deploy_model(model_or_ckpt)
     h, w = _hw(imgsz, int(max(model.strides)))
-    if half:
-        model.half()
-    graph = DeployGraph(model).eval()
+    plan = plan_trace(half, batch, dynamic, device)
+    model.to(plan.device, torch.float16 if half else torch.float32)
+    graph = DeployGraph(model, uint8_input=input_dtype == "uint8").eval()
+    sample = plan.sample(h, w, input_dtype)
     if plugins:  # custom nodes for our TensorRT plugins; output0 holds the top-K candidates
         from detector import export_plugins
 
+        if input_dtype != "float32":
+            raise ConfigError("export: plugins=True takes input_dtype=float32 (the plugin graph has no uint8 input)")
         graph = export_plugins.plugin_graph(model, nms_cfg)
-    sample = torch.zeros(batch, 3, h, w)
     target = Path(out) if out is not None else _default_out(model_or_ckpt, model, FORMATS[format], q is not None)
     if format == "engine" and target.suffix == ".onnx":
         raise ConfigError(f"export: out={target} is the ONNX name; give the engine a name like {target.stem}.engine")
@@ -256,7 +269,7 @@ def _export(stage, model_or_ckpt, format, imgsz, batch, dynamic, half, simplify,
         dynamic=dynamic,
         dynamic_hw=dynamic_hw,
         nms=nms,
-        input_dtype="float32",
+        input_dtype=input_dtype,
         precision="int8" if q is not None else "fp16" if half else "fp32",
         quantization=quant.summary() if q is not None else None,
         preprocess=export_preprocess((h, w), int(max(model.strides)), dynamic_hw),
@@ -330,6 +343,8 @@ class ExportArgs:
     agnostic: bool | None = None  # in-graph NMS across classes
     classes: list[int] | None = None  # keep only these class ids
     out: str | None = None  # target file (default beside the checkpoint, else runs/export/NAME.onnx)
+    device: str = ""  # where to trace ("" = CUDA for half when present, else CPU)
+    input_dtype: Literal["float32", "uint8"] = "float32"  # uint8: raw pixels, normalised inside the graph
     verbose: bool = True  # progress bar over the export stages
     int8: bool = False  # post-training INT8 quantization (QDQ ONNX), needs data= or calib=free
     data: str | None = None  # dataset whose train split calibrates int8
@@ -372,6 +387,8 @@ def cli_export(argv: list[str]) -> int:
         multi_label=args.multi_label,
         agnostic=args.agnostic,
         classes=args.classes,
+        device=args.device or None,
+        input_dtype=args.input_dtype,
         verbose=args.verbose,
         int8=args.int8
         and Int8Options(method=args.calib_method, keep_float=args.keep_float, clip_weights=args.clip_weights),

@@ -129,41 +129,47 @@ def _last_argmax(values: np.ndarray) -> np.ndarray:
 def greedy_match(
     ious: np.ndarray, gt_ignore: np.ndarray, iscrowd: np.ndarray, thresholds: np.ndarray = IOU_THRESHOLDS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pycocotools' matching of score-sorted detections to GTs, for every area range and threshold at once.
+    """pycocotools' matching of score-sorted detections to GTs, for many independent groups (the classes of
+    an image), every area range and every threshold at once.
+
+    The walk over detections is inherently sequential within a group (each takes its best free GT), but
+    groups are independent: step ``k`` matches the ``k``-th detection of every group together, so the Python
+    loop runs ``max detections per group`` times for the whole image instead of once per detection.
 
     Args:
-        ious (D, G): detections sorted by descending score.
-        gt_ignore (R, G): per area range, GTs that are ignored (flagged, crowd, or outside the range).
-        iscrowd (G,): crowd GTs may be matched any number of times.
+        ious (C, D, G): per group, detections sorted by descending score (padding rows/columns: -1).
+        gt_ignore (C, R, G): per area range, GTs that are ignored (flagged, crowd, outside the range, padding).
+        iscrowd (C, G): crowd GTs may be matched any number of times.
 
     Returns:
-        matched (R, T, D) bool, and matched_ignored (R, T, D) bool: matched to an ignored GT.
+        matched (C, R, T, D) bool, and matched_ignored (C, R, T, D) bool: matched to an ignored GT.
     """
-    r, g = gt_ignore.shape
-    d, t = ious.shape[0], len(thresholds)
-    matched = np.zeros((r, t, d), bool)
-    matched_ignored = np.zeros((r, t, d), bool)
-    if g == 0:
+    c, d, g = ious.shape
+    r, t = gt_ignore.shape[1], len(thresholds)
+    matched = np.zeros((c, r, t, d), bool)
+    matched_ignored = np.zeros((c, r, t, d), bool)
+    if g == 0 or d == 0:
         return matched, matched_ignored
-    gt_taken = np.zeros((r, t, g), bool)
-    thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
-    ignored = gt_ignore[:, None, :]  # (R, 1, G)
-    rows = np.arange(r)[:, None]
-    cols = np.arange(t)[None, :]
-    for k in np.flatnonzero(ious.max(1) >= thr.min()):  # a detection below every threshold never matches
-        eligible = (ious[k] >= thr) & (~gt_taken | iscrowd)  # (R, T, G)
+    gt_taken = np.zeros((c, r, t, g), bool)
+    thr = np.minimum(thresholds, 1 - 1e-10)[None, None, :, None]  # (1, 1, T, 1)
+    ignored = gt_ignore[:, :, None, :]  # (C, R, 1, G)
+    crowd = iscrowd[:, None, None, :]  # (C, 1, 1, G)
+    ci, ri, ti = np.ogrid[:c, :r, :t]
+    for k in np.flatnonzero((ious.max(2) >= thr.min()).any(0)):  # a step where no detection can match is skipped
+        row = ious[:, None, None, k, :]  # (C, 1, 1, G)
+        eligible = (row >= thr) & (~gt_taken | crowd)  # (C, R, T, G)
         regular = eligible & ~ignored
         fallback = eligible & ignored
         has_regular, has_fallback = regular.any(-1), fallback.any(-1)
         best = np.where(
             has_regular,
-            _last_argmax(np.where(regular, ious[k], -1.0)),
-            _last_argmax(np.where(fallback, ious[k], -1.0)),
-        )  # (R, T)
+            _last_argmax(np.where(regular, row, -1.0)),
+            _last_argmax(np.where(fallback, row, -1.0)),
+        )  # (C, R, T)
         hit = has_regular | has_fallback
-        matched[:, :, k] = hit
-        matched_ignored[:, :, k] = hit & gt_ignore[rows, best]
-        gt_taken[rows, cols, best] |= hit
+        matched[..., k] = hit
+        matched_ignored[..., k] = hit & gt_ignore[ci, ri, best]
+        gt_taken[ci, ri, ti, best] |= hit
     return matched, matched_ignored
 
 
@@ -246,18 +252,34 @@ class COCOEvaluator:
         return self._records[cls]
 
     def update(self, detections: ImageDetections, truth: ImageGroundTruth) -> None:
-        """Match one image's detections to its ground truth, class by class."""
+        """Match one image's detections to its ground truth, every class at once (see ``greedy_match``)."""
         gt_ignore_flag = truth.ignore | truth.iscrowd
-        for cls in np.union1d(np.unique(detections.classes), np.unique(truth.classes)):
+        classes = np.union1d(np.unique(detections.classes), np.unique(truth.classes))
+        groups = []
+        for cls in classes:
             g = truth.classes == cls
             boxes_g, area_g, crowd_g = truth.boxes[g], truth.area[g], truth.iscrowd[g]
             outside = (area_g[None] < AREA_RANGES[:, :1]) | (area_g[None] > AREA_RANGES[:, 1:])
-            gt_ignore = gt_ignore_flag[g][None] | outside  # (R, G)
-
             d = np.flatnonzero(detections.classes == cls)
             d = d[np.argsort(-detections.scores[d], kind="mergesort")][: MAX_DETS[-1]]
+            boxes_d = detections.boxes[d]
+            ious = coco_box_iou(boxes_d, boxes_g, crowd_g)
+            groups.append((d, ious, gt_ignore_flag[g][None] | outside, crowd_g))  # gt_ignore (R, G)
+        if not groups:
+            return
+        dmax, gmax = max(len(x[0]) for x in groups), max(len(x[3]) for x in groups)
+        n = len(groups)
+        ious = np.full((n, dmax, gmax), -1.0)  # padding never reaches a threshold
+        gt_ignore = np.ones((n, len(AREA_RANGES), gmax), bool)
+        iscrowd = np.zeros((n, gmax), bool)
+        for i, (d, iou, ign, crowd_g) in enumerate(groups):
+            ious[i, : len(d), : len(crowd_g)] = iou
+            gt_ignore[i, :, : len(crowd_g)] = ign
+            iscrowd[i, : len(crowd_g)] = crowd_g
+        matched_all, matched_ignored_all = greedy_match(ious, gt_ignore, iscrowd)
+        for i, (cls, (d, _, ign, _)) in enumerate(zip(classes, groups)):
+            matched, matched_ignored = matched_all[i, ..., : len(d)], matched_ignored_all[i, ..., : len(d)]
             boxes_d, scores_d = detections.boxes[d], detections.scores[d]
-            matched, matched_ignored = greedy_match(coco_box_iou(boxes_d, boxes_g, crowd_g), gt_ignore, crowd_g)
             area_d = _box_area(boxes_d)
             outside_d = (area_d[None] < AREA_RANGES[:, :1]) | (area_d[None] > AREA_RANGES[:, 1:])  # (R, D)
             ignored = matched_ignored | (~matched & outside_d[:, None, :])
@@ -266,7 +288,7 @@ class COCOEvaluator:
             rec.scores.append(scores_d)
             rec.matched.append(matched)
             rec.ignored.append(ignored)
-            num_gt = (~gt_ignore).sum(1)
+            num_gt = (~ign).sum(1)
             rec.num_gt += num_gt
             rec.images += int(num_gt[0] > 0)
 

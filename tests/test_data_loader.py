@@ -130,7 +130,7 @@ def test_image_cache_gives_identical_batches(tmp_path, cache):
     for a, b in zip(plain, batches(loader)):
         assert_same(a, b)
     if cache == "disk":
-        assert len(list((tmp_path / ".cache" / "images-64").glob("*.npy"))) == 4
+        assert len(list((tmp_path / ".cache" / "images-64-bgr").glob("*.npy"))) == 4
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -145,3 +145,53 @@ def test_image_broken_after_validation_is_replaced_and_reported(tmp_path, worker
     reports = [p for p in ds.problems if p["file"] == str(broken)]
     assert reports and "replaced by another image at load time" in reports[0]["problem"]
     assert Path(reports[0]["file"]).name == "img2.png"
+
+
+def test_worker_defaults_follow_the_device(monkeypatch):
+    from detector.data.loader import auto_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers(-1, "cuda", "train", cores=16) == 14  # a 16-core GPU machine: all but two cores
+    assert auto_workers(-1, "cuda", "val", cores=16) == 7  # validation: fewer
+    assert auto_workers(-1, "cpu", "train", cores=16) == 4 and auto_workers(-1, "cpu", "val", cores=16) == 2
+    assert auto_workers(-1, "cuda", "train", cores=2) == 1
+    assert auto_workers(6, "cuda", "train", cores=16) == 6 and auto_workers(6, "cpu", "train", cores=4) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes share the node's cores
+    assert auto_workers(-1, "cuda", "train", cores=34) == 8
+
+
+def test_recent_images_store_reuses_decodes_and_keeps_samples_identical(tmp_path):
+    """The per-process store of recent decodes changes no pixel, hands out read-only arrays, stays bounded."""
+    from detector.data.augment import AugmentConfig
+    from detector.data.dataset import DetectionDataset
+    from detector.data.load import load_split
+    from detector.data.recent_images import RecentImages
+
+    labels = load_split(str(Path(__file__).resolve().parents[1] / "datasets" / "bccd"), "train")
+    aug = AugmentConfig(mosaic=1.0)
+    with_store = DetectionDataset(labels, imgsz=128, augment=aug, batch=2, seed=3)
+    without = DetectionDataset(labels, imgsz=128, augment=aug, batch=2, seed=3)
+    without.recent = RecentImages(0)
+    assert with_store.recent.capacity == 16  # eight batches of 2
+    for i in range(12):
+        a, b = with_store[i], without[i]
+        np.testing.assert_array_equal(a["img"], b["img"])
+        np.testing.assert_array_equal(a["bboxes"], b["bboxes"])
+    assert len(with_store.recent) == 16 and len(without.recent) == 0
+    img, _ = with_store.load_image(next(iter(with_store.recent._items)))
+    assert not img.flags.writeable
+
+
+def test_samples_are_rgb(tmp_path):
+    """The pipeline works in BGR internally; samples come out RGB, as ``read_image`` decodes (same letterbox)."""
+    from detector.data.dataset import DetectionDataset
+    from detector.data.image_io import read_image
+    from detector.data.load import load_split
+
+    labels = load_split(str(Path(__file__).resolve().parents[1] / "datasets" / "bccd"), "train")
+    ds = DetectionDataset(labels, imgsz=640, augment=None, batch=1)
+    rgb = read_image(labels.images[0].file)
+    img = ds[0]["img"].transpose(1, 2, 0)
+    assert img.shape[:2] == (640, 640) and rgb.shape[:2] == (480, 640)  # BCCD: 640x480, padded top and bottom
+    top = (640 - 480) // 2
+    np.testing.assert_array_equal(img[top : top + 480], rgb)

@@ -215,6 +215,53 @@ def test_runner_explains_an_engine_from_another_tensorrt(monkeypatch, fake_cuda,
         load_runner(engine, device="cpu")
 
 
+def test_runner_uses_the_named_gpu_pinned_buffers_and_one_stream(monkeypatch, fake_cuda, tmp_path):
+    trt = install_trt(monkeypatch)
+    set_device = fake_cuda.cudaSetDevice
+    monkeypatch.setattr(fake_cuda, "cudaSetDevice", lambda i: (trt.calls.append(f"set_device({i})"), set_device(i))[1])
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(engine_spec())
+    runner = load_runner(engine, device="cuda:1")
+    assert runner.device == 1 and fake_cuda.current_device == 1
+    assert trt.calls.index("set_device(1)") < trt.calls.index("deserialize")  # the engine lives on GPU 1
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.random((b, 3, 64, 64), dtype=np.float32) for b in (3, 4))
+    out1 = runner(x1)
+    fake_cuda.current_device = 0  # another library switched devices in between: the runner switches back
+    out2 = runner(x2)
+    assert fake_cuda.current_device == 1
+    np.testing.assert_allclose(out1["output0"], expected_output(x1, 3), rtol=1e-6)  # not overwritten by call 2
+    np.testing.assert_allclose(out2["output0"], expected_output(x2, 3), rtol=1e-6)
+    # every copy goes through page-locked host memory, which persists (2 tensors: 2 pinned + 2 device buffers)
+    assert len(fake_cuda.copy_pinned) == 4 and all(fake_cuda.copy_pinned)
+    assert len(fake_cuda.pinned) == 2 and len(fake_cuda.allocations) == 2
+    assert fake_cuda.synchronized == 2  # one synchronisation per call, on the runner's one stream
+    runner(x1)
+    assert len(fake_cuda.pinned) == 2  # a smaller batch reuses the buffers
+    runner.close()
+    assert fake_cuda.pinned == {} and fake_cuda.allocations == {}
+    with pytest.raises(DeployError, match="only 2 CUDA GPU"):
+        load_runner(engine, device="cuda:2")
+    with pytest.raises(DeployError, match="one GPU"):
+        load_runner(engine, device="0,1")
+
+
+def test_runner_feeds_raw_pixels_to_a_uint8_engine(monkeypatch, fake_cuda, tmp_path):
+    install_trt(monkeypatch)
+    engine = tmp_path / "u8.engine"
+    engine.write_bytes(engine_spec(input_dtype="UINT8"))
+    runner = TensorRTRunner(engine)
+    assert runner.input_dtype == np.uint8 and runner.metadata.input_dtype == "uint8"
+    x = np.random.default_rng(2).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    out = runner(x)
+    (received,) = runner.context.received
+    assert received.dtype == np.uint8 and np.array_equal(received, x)
+    assert fake_cuda.copies[0][1] == x.nbytes  # a quarter of the float32 bytes cross the bus
+    np.testing.assert_allclose(out["output0"], expected_output(x, 3), rtol=1e-6)
+    with pytest.raises(DeployError, match="takes uint8 pixels"):
+        runner(x.astype(np.float32) / 255)  # 0..1 floats cast to uint8 would silently be black
+
+
 def test_fakes_module_is_the_one_in_use(monkeypatch):
     trt = install_trt(monkeypatch, 11)
     import tensorrt

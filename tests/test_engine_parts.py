@@ -89,6 +89,57 @@ def test_ema_ramp_and_update():
     assert all(not p.requires_grad for p in ema.ema.parameters())
 
 
+def _old_ema_update(ema_model: nn.Module, model: nn.Module, d: float) -> None:
+    """The per-tensor formula the foreach EMA replaced, kept as the reference."""
+    src = model.state_dict()
+    with torch.no_grad():
+        for k, v in ema_model.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(src[k], alpha=1 - d)
+            else:
+                v.copy_(src[k])
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_foreach_ema_equals_the_per_tensor_formula_in_two_launches():
+    import copy
+
+    from detector.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("gelan-t", nc=3).train()
+    reference = copy.deepcopy(model).eval()
+    ema = ModelEMA(model, decay=0.99, tau=2.0)
+    n_tensors = len(model.state_dict())
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        model(torch.rand(2, 3, 64, 64))  # moves BN statistics and num_batches_tracked
+        counter = _CountOps()
+        with counter:
+            ema.update(model)
+        _old_ema_update(reference, model, ema.current_decay())
+        # two foreach launches, whatever the number of tensors (the old loop made ~2 per tensor)
+        assert counter.ops == ["aten._foreach_lerp_.Scalar", "aten._foreach_copy_.default"], (step, counter.ops[:5])
+    assert n_tensors > 200
+    got, want = ema.ema.state_dict(), reference.state_dict()
+    for k in want:
+        if want[k].dtype.is_floating_point:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+        else:
+            assert torch.equal(got[k], want[k]), k
+
+
 def test_run_dirs_increment(tmp_path):
     assert increment_run_dir(tmp_path, "exp") == tmp_path / "exp"
     assert increment_run_dir(tmp_path, "exp") == tmp_path / "exp2"
@@ -140,3 +191,25 @@ def test_early_stopping_after_patience_epochs_without_improvement():
     t = FakeTrainer(epoch=100, reasons=[])
     EarlyStopping(SimpleNamespace(best_epoch=0), patience=0).after_epoch(t)
     assert t.reasons == []
+
+
+def test_copy_checkpoint_is_a_byte_copy_and_reports_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from detector.checkpoint import NoSpaceError, copy_checkpoint, load_checkpoint, save_checkpoint
+
+    save_checkpoint(
+        {"model": {"w": torch.arange(3.0)}, "model_yaml": {}, "names": [], "epoch": 4}, tmp_path / "last.pt"
+    )
+    copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 4
+
+    def full(src, dst, length=0):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(NoSpaceError, match="the previous best.pt is intact"):
+        copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary left

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detector import metrics
 from detector.metrics import (
     STAT_NAMES,
     COCOEvaluator,
@@ -203,3 +204,56 @@ def test_evaluator_accumulates_like_one_shot(bccd_val):
     for d, g in zip(dets, bccd_val[:20]):
         ev.update(d, g)
     assert ev.compute().stats == evaluate_detections(dets, bccd_val[:20]).stats
+
+
+def greedy_match_sequential(
+    ious: np.ndarray, gt_ignore: np.ndarray, iscrowd: np.ndarray, thresholds: np.ndarray = metrics.IOU_THRESHOLDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detection-by-detection walk of one group (pycocotools' order), which ``greedy_match`` must equal."""
+    r, g = gt_ignore.shape
+    d, t = ious.shape[0], len(thresholds)
+    matched = np.zeros((r, t, d), bool)
+    matched_ignored = np.zeros((r, t, d), bool)
+    if g == 0:
+        return matched, matched_ignored
+    gt_taken = np.zeros((r, t, g), bool)
+    thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
+    ignored = gt_ignore[:, None, :]  # (R, 1, G)
+    rows = np.arange(r)[:, None]
+    cols = np.arange(t)[None, :]
+    for k in np.flatnonzero(ious.max(1) >= thr.min()):
+        eligible = (ious[k] >= thr) & (~gt_taken | iscrowd)  # (R, T, G)
+        regular = eligible & ~ignored
+        fallback = eligible & ignored
+        has_regular, has_fallback = regular.any(-1), fallback.any(-1)
+        best = np.where(
+            has_regular,
+            metrics._last_argmax(np.where(regular, ious[k], -1.0)),
+            metrics._last_argmax(np.where(fallback, ious[k], -1.0)),
+        )  # (R, T)
+        hit = has_regular | has_fallback
+        matched[:, :, k] = hit
+        matched_ignored[:, :, k] = hit & gt_ignore[rows, best]
+        gt_taken[rows, cols, best] |= hit
+    return matched, matched_ignored
+
+
+def test_grouped_greedy_match_equals_the_sequential_walk():
+    """Random IoUs with ties, crowd and ignored GTs, several groups padded into one call."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        sizes = [(int(rng.integers(0, 12)), int(rng.integers(0, 6))) for _ in range(int(rng.integers(1, 4)))]
+        dmax, gmax = max(d for d, _ in sizes), max(g for _, g in sizes)
+        ious = np.full((len(sizes), dmax, gmax), -1.0)
+        ignore = np.ones((len(sizes), 4, gmax), bool)
+        crowd = np.zeros((len(sizes), gmax), bool)
+        expected = []
+        for i, (d, g) in enumerate(sizes):
+            iou = np.clip(np.round(rng.random((d, g)) * rng.choice([0.6, 1.0, 1.3]), rng.choice([1, 2, 6])), 0, 1)
+            ign, cr = rng.random((4, g)) < 0.3, rng.random(g) < 0.2
+            ious[i, :d, :g], ignore[i, :, :g], crowd[i, :g] = iou, ign, cr
+            expected.append(greedy_match_sequential(iou, ign, cr))
+        matched, matched_ignored = metrics.greedy_match(ious, ignore, crowd)
+        for i, (d, _) in enumerate(sizes):
+            np.testing.assert_array_equal(matched[i, ..., :d], expected[i][0])
+            np.testing.assert_array_equal(matched_ignored[i, ..., :d], expected[i][1])

@@ -39,9 +39,12 @@ def make_cuda_runtime() -> types.ModuleType:
     """A module answering the calls ``deploy.cuda_memory`` makes; it records allocations and copies."""
     rt = types.ModuleType("cuda.bindings.runtime")
     rt.cudaError_t, rt.cudaMemcpyKind = CudaError, CudaMemcpyKind
-    rt.allocations = {}  # ptr -> ctypes buffer
+    rt.allocations = {}  # ptr -> ctypes buffer (device memory)
+    rt.pinned = {}  # ptr -> ctypes buffer (page-locked host memory)
     rt.copies = []  # (kind, nbytes)
+    rt.copy_pinned = []  # per copy: was its host side page-locked memory?
     rt.synchronized = 0
+    rt.device_count, rt.current_device = 2, 0
 
     def cudaMalloc(n):
         buf = ctypes.create_string_buffer(int(n))
@@ -60,6 +63,27 @@ def make_cuda_runtime() -> types.ModuleType:
             return (CudaError.cudaErrorInvalidValue,)
         ctypes.memmove(int(dst), int(src), int(n))
         rt.copies.append((kind, int(n)))
+        host = int(src) if kind == CudaMemcpyKind.cudaMemcpyHostToDevice else int(dst)
+        rt.copy_pinned.append(any(base <= host < base + len(b) for base, b in rt.pinned.items()))
+        return (CudaError.cudaSuccess,)
+
+    def cudaMallocHost(n):
+        buf = ctypes.create_string_buffer(int(n))
+        rt.pinned[ctypes.addressof(buf)] = buf
+        return CudaError.cudaSuccess, ctypes.addressof(buf)
+
+    def cudaFreeHost(ptr):
+        if rt.pinned.pop(int(ptr), None) is None:
+            return (CudaError.cudaErrorInvalidValue,)
+        return (CudaError.cudaSuccess,)
+
+    def cudaGetDeviceCount():
+        return CudaError.cudaSuccess, rt.device_count
+
+    def cudaSetDevice(index):
+        if not 0 <= int(index) < rt.device_count:
+            return (CudaError.cudaErrorInvalidValue,)
+        rt.current_device = int(index)
         return (CudaError.cudaSuccess,)
 
     def cudaStreamCreate():
@@ -72,7 +96,10 @@ def make_cuda_runtime() -> types.ModuleType:
     def cudaStreamDestroy(stream):
         return (CudaError.cudaSuccess,)
 
-    for f in (cudaMalloc, cudaFree, cudaMemcpyAsync, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy):
+    for f in (
+        cudaMalloc, cudaFree, cudaMemcpyAsync, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy,
+        cudaMallocHost, cudaFreeHost, cudaGetDeviceCount, cudaSetDevice,
+    ):  # fmt: skip
         setattr(rt, f.__name__, f)
     return rt
 
@@ -85,6 +112,7 @@ class DataType(enum.Enum):
     HALF = "float16"
     INT32 = "int32"
     INT8 = "int8"
+    UINT8 = "uint8"
 
 
 class TensorIOMode(enum.Enum):

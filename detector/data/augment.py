@@ -80,10 +80,11 @@ class AugmentConfig:
 class TrainAugment:
     """The training pipeline of the module docstring, for output size ``imgsz`` (square) or a given shape."""
 
-    def __init__(self, cfg: AugmentConfig, imgsz: int) -> None:
+    def __init__(self, cfg: AugmentConfig, imgsz: int, bgr: bool = False) -> None:
         check_limits(cfg, "augment")
         self.cfg = cfg
         self.imgsz = imgsz
+        self.bgr = bgr  # channel order of the images ``load`` returns (and of the output)
         self.extras = [
             (p, t)
             for p, t in (
@@ -105,7 +106,8 @@ class TrainAugment:
         mosaic: bool = True,
         shape: tuple[int, int] | None = None,
     ) -> tuple[np.ndarray, Targets]:
-        """One augmented ``(img (ndarray[H, W, 3]) uint8 RGB, targets)`` for dataset item ``index`` of ``n``.
+        """One augmented ``(img (ndarray[H, W, 3]) uint8, targets)`` for dataset item ``index`` of ``n``, in the
+        channel order of the loaded images (RGB, or BGR with ``bgr``); loaded images may be read-only.
 
         ``mosaic`` False (closed for the last epochs, or rectangular training) turns mosaic and mixup off;
         ``shape`` ``(h, w)`` overrides the square output (rectangular training batches).
@@ -119,13 +121,22 @@ class TrainAugment:
         for p, transform in self.extras:
             if rng.random() < p:
                 transform.set_random_state(rng, random.Random(int(rng.integers(2**31))))
-                img = transform(image=img)["image"]
-        hsv_jitter(img, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, rng)
+                img = self._in_rgb(transform, img)
+        if not img.flags.writeable:  # a loaded image passed through unchanged (exact size, identity warp)
+            img = img.copy()
+        hsv_jitter(img, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, rng, bgr=self.bgr)
         if rng.random() < cfg.fliplr:
             img, t = flip_lr(img, t)
         if rng.random() < cfg.flipud:
             img, t = flip_ud(img, t)
         return img, t
+
+    def _in_rgb(self, transform: A.BasicTransform, img: np.ndarray) -> np.ndarray:
+        """Apply an albumentations transform (which assumes RGB: gray weights, CLAHE's colour space)."""
+        if not self.bgr:
+            return transform(image=img)["image"]
+        out = transform(image=np.ascontiguousarray(img[..., ::-1]))["image"]
+        return np.ascontiguousarray(out[..., ::-1])
 
     def _geometric(
         self, load: Loader, index: int, n: int, rng: np.random.Generator, mosaic: bool, out_shape: tuple[int, int]
@@ -157,8 +168,11 @@ def letterbox_sample(img: np.ndarray, t: Targets, shape: tuple[int, int]) -> tup
     return out, t.scaled(plan.ratio, plan.ratio, *plan.pad)
 
 
-def hsv_jitter(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> None:
-    """Random hue/saturation/value gains on ``img (ndarray[H, W, 3])`` RGB uint8, in place, via lookup tables."""
+def hsv_jitter(
+    img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator, bgr: bool = False
+) -> None:
+    """Random hue/saturation/value gains on ``img (ndarray[H, W, 3])`` uint8 RGB (or BGR), in place, via lookup
+    tables."""
     if not (hgain or sgain or vgain):
         return
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
@@ -167,8 +181,9 @@ def hsv_jitter(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: n
     lut[:, 0, 0] = (x * r[0]) % 180  # OpenCV's 8-bit hue runs 0..179
     lut[:, 0, 1] = np.clip(x * r[1], 0, 255)
     lut[:, 0, 2] = np.clip(x * r[2], 0, 255)
-    hsv = cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut)
-    cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
+    to_hsv, from_hsv = (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR) if bgr else (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB)
+    hsv = cv2.LUT(cv2.cvtColor(img, to_hsv), lut)
+    cv2.cvtColor(hsv, from_hsv, dst=img)
 
 
 def flip_lr(img: np.ndarray, t: Targets) -> tuple[np.ndarray, Targets]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 
 def collate(samples: list[dict]) -> dict:
@@ -16,7 +17,7 @@ def collate(samples: list[dict]) -> dict:
     """
     counts = [len(s["cls"]) for s in samples]
     return {
-        "img": torch.from_numpy(np.stack([s["img"] for s in samples])),
+        "img": stack_images([s["img"] for s in samples]),
         "cls": torch.from_numpy(np.concatenate([s["cls"] for s in samples]).astype(np.float32)),
         "bboxes": torch.from_numpy(np.concatenate([s["bboxes"] for s in samples]).astype(np.float32).reshape(-1, 4)),
         "batch_idx": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
@@ -27,3 +28,18 @@ def collate(samples: list[dict]) -> dict:
         "ignore": [s["ignore"] for s in samples],
         "problems": [p for s in samples for p in s["problems"]],
     }
+
+
+def stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """Stack same-shape uint8 images into one tensor; in a loader worker, straight into shared memory.
+
+    A batch a worker returns travels to the main process through shared memory; a tensor allocated there
+    from the start is handed over as is, where an ordinary one would be copied once more on the way.
+    """
+    shape = (len(images), *images[0].shape)
+    if get_worker_info() is None:
+        return torch.from_numpy(np.stack(images))
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    out = torch.tensor([], dtype=torch.uint8).set_(storage).view(shape)
+    np.stack(images, out=out.numpy())
+    return out

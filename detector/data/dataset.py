@@ -10,6 +10,9 @@ loader moves them to ``dataset.problems``).
 Validation samples are exact: ``ratio_pad`` maps boxes back to the original image. Training samples are
 augmented; their ``ratio_pad`` describes only the initial resize (pad 0).
 
+Images are decoded and augmented in OpenCV's BGR order and turned into RGB by the copy that makes ``img``
+channel-first, so no separate colour conversion runs per decoded image.
+
 Randomness: each sample draws from ``numpy.random.default_rng((seed, epoch, index))``, so it does not depend on
 which worker builds it or in what order. The epoch lives in shared memory, so ``set_epoch`` reaches
 persistent workers too.
@@ -28,6 +31,7 @@ from detector.data.augment import AugmentConfig, TrainAugment
 from detector.data.image_cache import ImageCache
 from detector.data.image_io import ImageReadError, read_image, resize_long_side
 from detector.data.labels import ImageLabels, LabelSet, Problem, problem
+from detector.data.recent_images import RecentImages, recent_capacity
 from detector.data.samplers import rect_shapes
 from detector.data.targets import Targets
 from detector.errors import DetectorError
@@ -74,7 +78,7 @@ class DetectionDataset(Dataset):
         # validation samples: the same letterbox as Detector/deploy; rect batches pad to their common shape
         self.spec = PreprocessSpec(imgsz, stride, auto=rect)
         self.augment = augment
-        self.transform = TrainAugment(augment, imgsz) if augment is not None else None
+        self.transform = TrainAugment(augment, imgsz, bgr=True) if augment is not None else None
         self.order, self.batch_shapes = (
             rect_shapes([im.shape for im in self.labels], batch, self.spec) if rect else (None, None)
         )
@@ -87,11 +91,14 @@ class DetectionDataset(Dataset):
         self._failed: set[int] = set()  # per process: images known not to decode
         self._new_problems: list[Problem] = []
         self.image_cache = None
+        # training only (validation reads each image once an epoch), and not needed with a full cache
+        keep = recent_capacity(len(self.labels), batch, imgsz) if augment is not None and not cache else 0
+        self.recent = RecentImages(keep)
         if cache:
             self.image_cache = ImageCache(
                 cache, [im.file for im in self.labels], [im.shape for im in self.labels], imgsz, Path(labels.root)
             )
-            n = self.image_cache.fill(lambda i: resize_long_side(read_image(self.labels[i].file), imgsz)[0])
+            n = self.image_cache.fill(lambda i: resize_long_side(read_image(self.labels[i].file, bgr=True), imgsz)[0])
             LOG.info("cached %d/%d images (%s)", n, len(self.labels), cache)
 
     def __len__(self) -> int:
@@ -152,7 +159,7 @@ class DetectionDataset(Dataset):
             boxes, cls, ratio_pad = t.boxes, t.cls, (ratio, (0, 0))
         found, self._new_problems = self._new_problems, []
         return {
-            "img": np.ascontiguousarray(img.transpose(2, 0, 1)),
+            "img": np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)),  # BGR HWC -> RGB CHW, one copy
             "cls": cls.astype(np.float32),
             "bboxes": boxes.astype(np.float32).reshape(-1, 4),
             "im_file": im.file,
@@ -164,15 +171,20 @@ class DetectionDataset(Dataset):
         }
 
     def load_image(self, index: int) -> tuple[np.ndarray, float]:
-        """Image ``index`` resized so its longer side is ``imgsz``, and the ratio used. Raises ``ImageReadError``."""
+        """Image ``index`` (BGR) resized so its longer side is ``imgsz``, and the ratio used; may be a read-only
+        array shared with the recent-image store. Raises ``ImageReadError``."""
         h0, w0 = self.labels[index].shape
         ratio = self.imgsz / max(h0, w0)
         if self.image_cache is not None and (img := self.image_cache.get(index)) is not None:
             return img, ratio
-        img = read_image(self.labels[index].file)
+        if (recent := self.recent.get(index)) is not None:
+            return recent
+        img = read_image(self.labels[index].file, bgr=True)
         if img.shape[:2] != (h0, w0):
             raise ImageReadError(f"decodes to {img.shape[1]}x{img.shape[0]}, but was {w0}x{h0} when labels were read")
-        return resize_long_side(img, self.imgsz)[0], ratio
+        img = resize_long_side(img, self.imgsz)[0]
+        self.recent.put(index, img, ratio)
+        return img, ratio
 
     def _load_usable(self, index: int) -> tuple[int, np.ndarray, float]:
         """``(index used, image, ratio)``: ``index`` itself, or the next image that decodes if it does not."""

@@ -1,7 +1,8 @@
 """Decoded images kept resized to the training size, so epochs after the first skip JPEG decoding.
 
 ``ram``: one shared-memory block holding every image (shared with the loader workers, not copied into each).
-``disk``: one ``.npy`` file per image in ``ROOT/.cache/images-SIZE/`` (user cache folder if read-only).
+``disk``: one ``.npy`` file per image in ``ROOT/.cache/images-SIZE-bgr/`` (user cache folder if read-only), in
+the BGR channel order the dataset works in (the ``-bgr`` name keeps caches of older, RGB versions apart).
 Both are sized first against what is free (``psutil``); if the images do not fit, caching is skipped with
 a warning and images are decoded on the fly.
 """
@@ -129,7 +130,8 @@ class ImageCache:
 
     def _disk_dir(self, root: Path) -> Path | None:
         tag = hashlib.sha1(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:10]
-        for d in (root / ".cache" / f"images-{self.size}", user_cache_dir() / f"images-{tag}-{self.size}"):
+        name = f"images-{self.size}-bgr"
+        for d in (root / ".cache" / name, user_cache_dir() / f"{tag}-{name}"):
             try:
                 d.mkdir(parents=True, exist_ok=True)
                 probe = tempfile.NamedTemporaryFile(dir=d, delete=True)

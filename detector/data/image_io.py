@@ -53,11 +53,12 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     return (w, h) if orientation in _TRANSPOSED else (h, w)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode ``path`` to ``ndarray[H, W, 3]`` uint8 RGB as displayed.
+def read_image(path: str | Path, bgr: bool = False) -> np.ndarray:
+    """Decode ``path`` to ``ndarray[H, W, 3]`` uint8 RGB (``bgr``: BGR, OpenCV's own order) as displayed.
 
     OpenCV applies the EXIF orientation and maps grayscale, RGBA (alpha dropped) and 16-bit images to 8-bit
     three-channel; Pillow is the fallback for what OpenCV cannot decode. Raises ``ImageReadError``.
+    ``bgr=True`` skips a colour conversion the training pipeline folds into its final layout copy instead.
     """
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
@@ -65,11 +66,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"cannot read file ({e.strerror or e})") from None
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is not None:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+        return img if bgr else cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
     try:
         with Image.open(path) as im:
             im.load()
-            return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            return np.ascontiguousarray(rgb[..., ::-1] if bgr else rgb)
     except Exception as e:  # noqa: BLE001 - any decoder failure means the same thing to the caller
         raise ImageReadError(f"cannot decode image ({e})") from None
 

@@ -23,12 +23,15 @@ from detector.engine.amp import amp_dtype
 from detector.engine.distributed import DistInfo
 from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.logs import report_problems
+from detector.engine.memory_format import model_to_channels_last
 from detector.engine.optim import LRSchedule, ResolvedOptim, build_optimizer, resolve_optimizer
+from detector.engine.resume_state import restore_scaler
 from detector.engine.runs import latest_checkpoint
 from detector.engine.settings import TrainConfig
 from detector.engine.train_loss import TrainLoss
 from detector.errors import DetectorError
 from detector.model import DetectionModel, build_model, load_model_dict
+from detector.nn.conv import use_fused_bn
 from detector.registry import LOSSES
 
 LOGGER = logging.getLogger("detector")
@@ -76,22 +79,24 @@ class TrainParts:
             "version": __version__,
         }
 
-    def load_state_dict(self, ckpt: dict) -> None:
-        """Optimiser, scaler and EMA of a resumed run (the training weights were loaded when the model was built)."""
+    def load_state_dict(self, ckpt: dict) -> list[str]:
+        """Optimiser, scaler and EMA of a resumed run (the training weights were loaded when the model was built);
+        returns what did not apply on this machine (see ``detector.engine.resume_state``)."""
         names = [g.get("name") for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         for g, name in zip(self.optimizer.param_groups, names):  # checkpoints from before groups had names
             g.setdefault("name", name)
-        self.scaler.load_state_dict(ckpt.get("scaler") or {})
+        skipped = restore_scaler(self.scaler, ckpt.get("scaler"))
         self.ema.ema.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
+        return skipped
 
 
 def build_parts(
     cfg: TrainConfig, dist: DistInfo, device: torch.device, run_dir: Path, resume: dict | None
 ) -> TrainParts:
     """Build every part of a run; ``resume`` (a loaded checkpoint) supplies the training weights."""
-    train_loader, train_set, val_loader = build_data(cfg, dist, run_dir)
+    train_loader, train_set, val_loader = build_data(cfg, dist, run_dir, device)
     names = class_names(train_set.names)
     model = build_train_model(cfg, names, device, resume)
     loss = TrainLoss(model, cfg.loss)
@@ -122,14 +127,17 @@ def build_parts(
     return parts
 
 
-def build_data(cfg: TrainConfig, dist: DistInfo, run_dir: Path):
+def build_data(cfg: TrainConfig, dist: DistInfo, run_dir: Path, device: torch.device):
     """``(train loader, train dataset, val loader or None)``; the val loader exists on rank 0 only."""
     from detector.data import build_dataloader
+    from detector.data.loader import auto_workers
+
+    workers = {r: auto_workers(cfg.workers, device.type, r) for r in ("train", "val")}
 
     cache = {False: None, True: "ram"}.get(cfg.cache, cfg.cache)  # type: ignore[call-overload]
     train_loader, train_set = build_dataloader(
         cfg.data, "train", imgsz=cfg.imgsz, batch=cfg.batch // dist.world_size, augment=cfg.augment,
-        workers=cfg.workers, shuffle=True, seed=cfg.seed, rank=dist.rank if dist.enabled else -1,
+        workers=workers["train"], shuffle=True, seed=cfg.seed, rank=dist.rank if dist.enabled else -1,
         world_size=dist.world_size, cache=cache, rect=False,
     )  # fmt: skip
     if len(train_loader) == 0:
@@ -139,7 +147,7 @@ def build_data(cfg: TrainConfig, dist: DistInfo, run_dir: Path):
         report_problems(train_set, "train", run_dir)
         val_loader, val_set = build_dataloader(
             cfg.data, cfg.val.split, imgsz=cfg.imgsz, batch=cfg.val.batch or cfg.batch * 2, augment=None,
-            workers=cfg.workers, shuffle=False, seed=cfg.seed, rank=-1, world_size=1, cache=cache, rect=True,
+            workers=workers["val"], shuffle=False, seed=cfg.seed, rank=-1, world_size=1, cache=cache, rect=True,
         )  # fmt: skip
         report_problems(val_set, cfg.val.split, run_dir)
     return train_loader, train_set, val_loader
@@ -156,7 +164,8 @@ def build_train_model(cfg: TrainConfig, names: list[str], device: torch.device, 
 
             LOGGER.info(f"weights={cfg.weights}: {load_weights(model, cfg.weights).summary()}")
     model.names = dict(enumerate(names))
-    return model.to(device).train()
+    use_fused_bn(model, cfg.fused_bn)  # the fused BatchNorm + SiLU kernel where it runs (CUDA)
+    return model_to_channels_last(model.to(device).train(), device)
 
 
 def wrap_distributed(model: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:

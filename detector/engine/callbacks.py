@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from detector import progress
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from detector.engine.train_loss import check_finite
 
 if TYPE_CHECKING:
@@ -256,9 +256,9 @@ class Checkpointer(Callback):
         wdir = trainer.run_dir / "weights"
         save_checkpoint(ckpt, wdir / "last.pt")
         if self.evaluator is not None and self.evaluator.improved:
-            save_checkpoint(ckpt, wdir / "best.pt")
+            copy_checkpoint(wdir / "last.pt", wdir / "best.pt")  # the same bytes: copy, not serialise twice
         if self.save_period > 0 and (trainer.epoch + 1) % self.save_period == 0:
-            save_checkpoint(ckpt, wdir / f"epoch{trainer.epoch + 1}.pt")
+            copy_checkpoint(wdir / "last.pt", wdir / f"epoch{trainer.epoch + 1}.pt")
 
     def after_train(self, trainer: Trainer) -> None:
         wdir = trainer.run_dir / "weights"

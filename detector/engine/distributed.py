@@ -13,6 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from deploy.device import DeviceError, parse_device, pick_gpu
 from detector.errors import DetectorError
 
 
@@ -31,33 +32,24 @@ class DistInfo:
         return self.world_size > 1
 
 
-def select_device(device: str, local_rank: int = 0) -> torch.device:
-    """``""`` -> cuda (this rank's GPU) if available else cpu; ``"cpu"``, ``"0"``, ``"cuda:1"`` as given.
+def select_device(device: str | int | None, local_rank: int = 0) -> torch.device:
+    """``device`` in any of the forms of ``deploy.device`` -> the ``torch.device`` this process uses.
 
-    Several GPUs (``"0,1"``) need ``torchrun``: each process then takes the GPU of its local rank.
+    ``""`` -> this rank's GPU if there is one, else the CPU; ``"cuda"`` -> this rank's GPU (GPU 0 outside
+    torchrun); ``"cuda:N"``/``"N"`` -> GPU N; ``"N,M"`` needs ``torchrun``: each process takes the GPU of its
+    local rank. What the machine lacks raises ``DetectorError`` with one message.
     """
-    d = str(device).strip().lower().replace("cuda:", "")
-    if d in ("", "auto"):
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if d in ("cpu", "mps"):
-        return torch.device(d)
-    ids = [s for s in d.split(",") if s]
-    if not all(s.isdigit() for s in ids):
-        raise DetectorError(f"device={device!r}: expected '', 'cpu', a GPU index like '0' or 'cuda:0', or '0,1'")
-    if not torch.cuda.is_available():
-        raise DetectorError(f"device={device!r}: CUDA is not available on this machine; use device=cpu")
-    if len(ids) > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) != len(ids):
-            raise DetectorError(
-                f"device={device!r} names {len(ids)} GPUs: run under torchrun, e.g. "
-                f"`torchrun --nproc_per_node {len(ids)} -m detector train ...`"
-            )
-        idx = int(ids[local_rank])
-    else:
-        idx = int(ids[0])
-    if idx >= torch.cuda.device_count():
-        raise DetectorError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return torch.device("cuda", idx)
+    if isinstance(device, torch.device):
+        return device
+    spec = parse_device(device)
+    visible = torch.cuda.device_count() if spec.kind in ("auto", "cuda") and torch.cuda.is_available() else 0
+    try:
+        index = pick_gpu(spec, visible, local_rank, int(os.environ.get("WORLD_SIZE", "1")))
+    except DeviceError as e:
+        raise DetectorError(str(e)) from None
+    if index is None:
+        return torch.device("mps" if spec.kind == "mps" else "cpu")
+    return torch.device("cuda", index)
 
 
 def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
@@ -94,3 +86,12 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def mean_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean over every rank of ``values`` (same shape on each rank; a no-op in a single process)."""
+    if not info.enabled:
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out)
+    return out / info.world_size

@@ -35,13 +35,23 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> list[str]:
+    """Python, numpy and torch CPU generators, and the CUDA generator of every GPU visible both in the saved
+    state and here (``set_rng_state_all`` raises with fewer GPUs); returns what was skipped."""
     random.setstate(_as_tuples(state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i in range(min(len(saved), here)):
+        torch.cuda.set_rng_state(saved[i], i)
+    skipped = []
+    if len(saved) > here:
+        skipped.append(f"CUDA RNG state of {len(saved) - here} GPU(s) the checkpoint had but this machine lacks")
+    if here > len(saved):
+        skipped.append(f"CUDA RNG state of {here - len(saved)} GPU(s) the checkpoint has none for (seeded fresh)")
+    return skipped
 
 
 def _as_tuples(x):

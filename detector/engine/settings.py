@@ -21,6 +21,7 @@ POSITIVE = Range(0, open_low=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 IMAGE_SIZE = Range(32)  # the largest model stride; smaller sizes leave no feature map
+WORKERS = Range(-1)  # -1 = from the machine (detector.data.loader.auto_workers)
 
 
 @dataclass
@@ -89,8 +90,8 @@ class TrainConfig:
     epochs: int = 100
     imgsz: int = 640
     batch: int = 16  # total over all processes
-    device: str = ""  # "" = cuda:0 if available else cpu; "cpu", "0", "cuda:1"
-    workers: int = 4  # dataloader workers per process
+    device: str = ""  # "" = cuda:0 if available else cpu; "cpu", "cuda", "0", "cuda:1", "0,1" (torchrun)
+    workers: int = -1  # dataloader workers per process; -1 = from the machine (detector.data.loader.auto_workers)
     project: str = "runs/train"
     name: str = "exp"
     exist_ok: bool = False
@@ -101,6 +102,8 @@ class TrainConfig:
     cache: bool | str = False  # keep decoded resized images: False, True / "ram", "disk"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     sync_bn: bool = False  # SyncBatchNorm under DDP
+    graph: bool = False  # capture the training step in CUDA graphs and replay it (eager, saying why, where it cannot)
+    fused_bn: bool = True  # fused BatchNorm + SiLU Triton kernels in Conv blocks when training on CUDA
     save_period: int = 0  # also keep weights/epochN.pt every N epochs (0 = off)
     plots: bool = True
     loggers: list[str] = field(default_factory=list)  # tensorboard, mlflow (pip install 'detector[log]')
@@ -112,7 +115,7 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
 
     limits: ClassVar[dict[str, Range]] = {
-        "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE,
+        "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": WORKERS,
         "patience": NON_NEGATIVE, "save_period": NON_NEGATIVE,
     }  # fmt: skip
 
@@ -127,7 +130,7 @@ class ValRunConfig:
     imgsz: int | None = None  # default: the training imgsz
     batch: int = 16
     device: str = ""  # "" = cuda:0 if available else cpu
-    workers: int = 4
+    workers: int = -1  # -1 = from the machine (detector.data.loader.auto_workers)
     conf: float = VAL_NMS.conf  # score threshold (low, as mAP wants)
     iou: float = VAL_NMS.iou  # NMS IoU threshold
     max_det: int = VAL_NMS.max_det
@@ -142,7 +145,7 @@ class ValRunConfig:
     verbose: bool = True  # progress bars
 
     limits: ClassVar[dict[str, Range]] = {
-        "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": NON_NEGATIVE, "conf": UNIT, "iou": UNIT,
+        "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": WORKERS, "conf": UNIT, "iou": UNIT,
         "max_det": AT_LEAST_ONE,
     }  # fmt: skip
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import detector.losses  # noqa: F401  (registers every loss in LOSSES)
+from detector.engine.distributed import DistInfo, mean_over_ranks
 from detector.errors import DetectorError
 from detector.registry import LOSSES
 
@@ -26,6 +27,7 @@ class TrainLoss:
         self.heads = dict(sorted(heads.items(), key=lambda th: th[0] != self.main_tag))  # main head first
         self.losses = {tag: LOSSES.get(head.loss)(head, loss_cfg) for tag, head in self.heads.items()}
         self.main = self.losses[self.main_tag]
+        self.nc = int(self.heads[self.main_tag].nc)
         self.main_names = list(self.main.names)
         self.names = [n if t == self.main_tag else f"{t}_{n}" for t in self.heads for n in self.losses[t].names]
 
@@ -58,6 +60,12 @@ class LossMeter:
     def add(self, items: Tensor) -> None:
         self.sum += items.to(self.device)
         self.count += 1
+
+    def average_over_ranks(self, info: DistInfo) -> None:
+        """Make this epoch's means the mean over ranks of each rank's mean: what one process would report
+        (every rank must call it at the same batch)."""
+        if info.enabled and self.count:
+            self.sum = mean_over_ranks(self.sum / self.count, info) * self.count
 
     def main_mean(self) -> Tensor:
         """(len(main_names),) mean of each main-head part so far (on the device)."""

@@ -20,12 +20,14 @@ from detector.engine import callbacks as cb
 from detector.engine.build import TrainParts, build_parts, load_resume, preflight
 from detector.engine.distributed import barrier, broadcast_object, init_distributed, shutdown_distributed
 from detector.engine.logs import close_log_files, duration, setup_logging
+from detector.engine.resume_state import pick_rank_state
 from detector.engine.rng import gather_rng_states, init_seeds, set_rng_state
 from detector.engine.run_lock import RunLock
 from detector.engine.runs import increment_run_dir, latest_checkpoint, run_dir_of_checkpoint
 from detector.engine.settings import TrainConfig
 from detector.engine.step import StepResult, TrainStep
 from detector.engine.train_loss import LossMeter
+from detector.engine.train_step import make_train_step
 
 LOGGER = logging.getLogger("detector")
 RESUME_KEEPS = ("resume", "device", "workers", "project")  # what a resume may still set on the command line
@@ -86,6 +88,8 @@ class Trainer:
             self.emit("before_step")
             self.last_step = self.step(batch, epoch, self.iteration, last_in_epoch=i == nb - 1)
             self.losses.add(self.last_step.items)
+            if i == nb - 1:
+                self.losses.average_over_ranks(self.dist)  # before the last redraw and the epoch's results row
             self.emit("after_step")
         self.rng_states = gather_rng_states(self.dist)  # every rank's, so a resume continues each stream exactly
 
@@ -177,7 +181,7 @@ class Trainer:
     def make_step(self) -> TrainStep:
         """The per-batch step. Any callable ``(batch, epoch, iteration, last_in_epoch) -> StepResult`` with
         ``state_dict``/``load_state_dict`` fits here (e.g. a captured, sync-free step chosen by the config)."""
-        return TrainStep(self.parts, after_backward=lambda: self.emit("after_backward"))
+        return make_train_step(self.parts, after_backward=lambda: self.emit("after_backward"))
 
     def default_callbacks(self) -> list[cb.Callback]:
         if not self.dist.is_main:
@@ -195,16 +199,18 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         """Parts, step and callback states of a resumed run, and where its epochs and RNG streams continue."""
-        self.parts.load_state_dict(ckpt)
+        skipped = self.parts.load_state_dict(ckpt)
         self.step.load_state_dict(ckpt["scheduler"])
         states = ckpt.get("callbacks") or legacy_callback_states(ckpt)
         for c in self.callbacks:
             c.load_state_dict(states.get(c.name, {}))
         self.start_epoch = int(ckpt["epoch"]) + 1
-        rng = ckpt["rng"]
-        set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
+        state, skipped_rng = pick_rank_state(ckpt["rng"], self.dist.rank, self.dist.world_size)
+        skipped += skipped_rng + set_rng_state(state)
         if self.dist.is_main:
             LOGGER.info(f"resuming {self.cfg.resume} from epoch {self.start_epoch + 1} of {self.cfg.epochs}")
+            if skipped:
+                LOGGER.warning("resuming on this machine skipped: " + "; ".join(skipped))
 
     def begin_epoch(self, epoch: int) -> None:
         """Train mode; sampler order, augmentation draws and close-mosaic follow the epoch (same on every rank)."""

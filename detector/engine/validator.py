@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,9 @@ from torch import Tensor
 
 from detector.engine.coco_crosscheck import EvaluatedImage, cross_check
 from detector.engine.exported_val import EXPORTED_SUFFIXES, exported_val_inputs
+from detector.engine.memory_format import model_to_channels_last, to_channels_last
 from detector.engine.settings import ValConfig, ValRunConfig
+from detector.engine.stage_timer import StageTimer
 from detector.errors import DetectorError
 from detector.metrics import COCOEvaluator, ConfusionMatrix, DetectionMetrics, ImageDetections, ImageGroundTruth
 from detector.ops.boxes import scale_boxes
@@ -107,12 +108,16 @@ class Validator:
         """Evaluate ``model`` (a ``DetectionModel``, train or deploy form); prints and returns the result."""
         # validation must not move the training RNG streams (resume exactness): fork and restore them
         devices = [self.device] if self.device.type == "cuda" else []
-        was_training = model.training
+        was_training, tuned = model.training, torch.backends.cudnn.benchmark
         try:
+            # rectangular batches (and the last partial one) change shape every few batches: cuDNN's
+            # autotuner would re-benchmark each new shape, costing more than it wins in one pass
+            torch.backends.cudnn.benchmark = False
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 result = self._run(model.eval(), plots=plots, save_json=save_json)
         finally:
             model.train(was_training)
+            torch.backends.cudnn.benchmark = tuned
         LOGGER.info(result.table())
         return result
 
@@ -125,25 +130,25 @@ class Validator:
         category_ids = dataset_category_ids(self.loader.dataset, len(self.names))
         loss_sum: Tensor | None = None
         n_batches = n_images = 0
-        times = np.zeros(3)
+        timer = StageTimer(self.device)  # CUDA events on a GPU: the forward is not billed to a later stage
         non_blocking = self.device.type == "cuda"
         batches = bar(self.loader, f"validating {self.cfg.split}", total=len(self.loader), unit="batch", leave=False)
         for bi, batch in enumerate(batches):
-            t0 = time.perf_counter()
+            timer.mark()
             images = batch["img"].to(self.device, non_blocking=non_blocking).float().div_(255)
+            images = to_channels_last(images, self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 raw = model(images, decode=False)[tag]
             maps = [m.float() for m in raw]
-            t1 = time.perf_counter()
+            timer.mark("inference")
             if self.loss is not None:
                 targets = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
                 items = self.loss(maps, targets)[1].detach().float()
                 loss_sum = items if loss_sum is None else loss_sum + items
-            t2 = time.perf_counter()
+            timer.mark("loss")
             dets = non_max_suppression(model.decode(maps), nms)
-            dets = [d.float().cpu() for d in dets]  # results leave the device batch by batch: flat memory
-            t3 = time.perf_counter()
-            times += (t1 - t0, t2 - t1, t3 - t2)
+            dets = to_host(dets)  # one device-to-host copy per batch; results leave the device: flat memory
+            timer.mark("postprocess")
             n_batches += 1
             n_images += len(dets)
             gt_idx, gt_cls, gt_boxes = batch["batch_idx"], batch["cls"], batch["bboxes"].float()
@@ -166,7 +171,8 @@ class Validator:
         result = ValResult.from_metrics(evaluator.compute(), self.names, n_images)
         if loss_sum is not None:
             result.losses = dict(zip(self.loss.names, (loss_sum / n_batches).tolist()))
-        result.speed_ms = dict(zip(("inference", "loss", "postprocess"), (times * 1000 / n_images).round(3).tolist()))
+        totals = timer.totals_ms()
+        result.speed_ms = {k: round(totals.get(k, 0.0) / n_images, 3) for k in ("inference", "loss", "postprocess")}
         if plots:
             self._plot_summary(confusion, result)
         if predictions is not None:
@@ -229,6 +235,12 @@ def image_truth(boxes, classes, ignore: tuple | None) -> ImageGroundTruth:
     )
 
 
+def to_host(dets: list[Tensor]) -> list[Tensor]:
+    """Per-image ``(n_i, 6)`` detections -> float32 CPU tensors through one copy (one sync) for the batch."""
+    sizes = [len(d) for d in dets]
+    return list(torch.cat(dets).float().cpu().split(sizes)) if dets else []
+
+
 def dataset_category_ids(dataset, nc: int) -> list[int]:
     """COCO category id of each class index: the dataset's own ids for COCO data, else the index itself."""
     ids = list(getattr(dataset, "category_ids", None) or [])
@@ -258,6 +270,7 @@ def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     from detector.checkpoint import load_checkpoint, model_from_checkpoint
     from detector.data import build_dataloader
     from detector.data.labels import class_names
+    from detector.data.loader import auto_workers
     from detector.engine.amp import amp_dtype
     from detector.engine.distributed import DistInfo, select_device
     from detector.engine.logs import report_problems, setup_logging
@@ -287,7 +300,7 @@ def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
         imgsz, rect = cfg.imgsz or int(trained.get("imgsz", 640)), True
         names = [str(n) for n in ckpt["names"]]
     loader, dataset = build_dataloader(
-        data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=cfg.workers, shuffle=False, seed=0,
+        data, cfg.split, imgsz=imgsz, batch=cfg.batch, augment=None, workers=auto_workers(cfg.workers, device.type, "val"), shuffle=False, seed=0,
         rank=-1, world_size=1, cache=None, rect=rect,
     )  # fmt: skip
     data_names = class_names(dataset.names)
@@ -302,7 +315,7 @@ def _validate_checkpoint(cfg: ValRunConfig) -> ValResult:
     if data_names != names:
         LOGGER.warning(f"class names differ: model {names}, data {data_names}; using the model's")
     if not exported:
-        model = model_from_checkpoint(cfg.model, deploy=True).to(device)
+        model = model_to_channels_last(model_from_checkpoint(cfg.model, deploy=True).to(device), device)
     val_cfg = ValConfig(split=cfg.split, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, multi_label=cfg.multi_label,
                         agnostic=cfg.agnostic, classes=cfg.classes, batch=cfg.batch, save_json=cfg.save_json,
                         plots=cfg.plots)  # fmt: skip

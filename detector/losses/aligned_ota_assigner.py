@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detector.losses.assignment import Assignment
+from detector.losses.assignment import Assignment, one_hot
 from detector.losses.box_iou import aligned_box_iou
 from detector.losses.targets import PaddedTargets
 from detector.losses.task_aligned_assigner import gather_targets, points_in_boxes, resolve_multiple_claims
@@ -102,7 +102,7 @@ class AlignedOTAAssigner:
 
         fg_mask, gt_index, labels, boxes = gather_targets(claims, gt)
         matched_iou = (ious * claims).sum(1)  # (B, A), one claim per anchor at most
-        target_scores = F.one_hot(labels, self.nc).float() * matched_iou[..., None]
+        target_scores = one_hot(labels, self.nc) * matched_iou[..., None]
         return Assignment(fg_mask, gt_index, boxes, target_scores), matched_iou
 
     def _dynamic_k_claims(self, cost: Tensor, ious: Tensor, gt_mask: Tensor) -> Tensor:

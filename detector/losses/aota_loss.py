@@ -12,10 +12,11 @@ from torch import Tensor
 from detector.losses.aligned_ota_assigner import AlignedOTAAssigner
 from detector.losses.box_iou import aligned_giou
 from detector.losses.dfl import dfl_targets, distribution_focal_loss
-from detector.losses.head_outputs import HeadOutputReader
+from detector.losses.head_outputs import HeadOutputReader, foreground_box_pairs
 from detector.losses.loss_config import resolve_loss_config
 from detector.losses.quality_focal_loss import quality_focal_loss
-from detector.losses.targets import pad_targets
+from detector.losses.rank_normalizer import normalizer
+from detector.losses.targets import batch_targets
 from detector.registry import LOSSES
 
 
@@ -39,7 +40,8 @@ class AlignedOTALoss:
 
     Normalisation as in GFL/DAMO: QFL is summed over anchors and classes and divided by the number of positives
     (at least 1); GIoU and DFL are weighted per positive by its highest predicted class probability (detached)
-    and divided by the sum of those weights (at least 1). ``loss`` = gained sum * batch size.
+    and divided by the sum of those weights (at least 1). ``loss`` = gained sum * batch size. Like "tal", every
+    term is computed for all anchors with zero weight off the foreground: no host synchronisation.
     """
 
     names = ("box", "cls", "dfl")
@@ -56,23 +58,21 @@ class AlignedOTALoss:
     def __call__(self, maps: list[Tensor], batch: Mapping) -> tuple[Tensor, Tensor]:
         out = self.read(maps)
         b = out.batch_size
-        gt = pad_targets(batch, b, self.nc, out.cls_logits.device)
+        gt = batch_targets(batch, b, self.nc, out.cls_logits.device)
         pred_grid = out.boxes_grid()
         assignment, _ = self.assigner(
             out.cls_logits.detach(), (pred_grid * out.strides).detach(), out.points_px, out.strides, gt
         )
         fg = assignment.fg_mask
-        num_pos = fg.sum().clamp(min=1).to(out.cls_logits.dtype)
+        num_pos = normalizer(fg.sum()).to(out.cls_logits.dtype)  # over every rank's share under DDP
         cls_loss = quality_focal_loss(out.cls_logits, assignment.target_scores, self.cfg.qfl_beta).sum() / num_pos
 
-        weight = out.cls_logits.detach().sigmoid().amax(-1)[fg]  # (P,)
-        weight_sum = weight.sum().clamp(min=1.0)
-        strides = out.strides.expand(b, -1, -1)[fg]
-        target_grid = assignment.target_boxes[fg] / strides
-        box_loss = ((1.0 - aligned_giou(pred_grid[fg], target_grid)) * weight).sum() / weight_sum
+        weight = out.cls_logits.detach().sigmoid().amax(-1) * fg  # (B, A), zero for background anchors
+        weight_sum = normalizer(weight.sum())  # over every rank's share under DDP
+        pred_fg, target_grid = foreground_box_pairs(assignment, out, pred_grid)
+        box_loss = ((1.0 - aligned_giou(pred_fg, target_grid)) * weight).sum() / weight_sum
 
-        points = out.points.expand(b, -1, -1)[fg]
-        dfl = distribution_focal_loss(out.dist_logits[fg], dfl_targets(points, target_grid, self.bins))
+        dfl = distribution_focal_loss(out.dist_logits, dfl_targets(out.points, target_grid, self.bins))
         dfl_loss = (dfl * weight).sum() / weight_sum
 
         parts = torch.stack((box_loss * self.cfg.box, cls_loss * self.cfg.cls, dfl_loss * self.cfg.dfl))

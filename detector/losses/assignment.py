@@ -8,6 +8,12 @@ import torch
 from torch import Tensor
 
 
+def one_hot(labels: Tensor, nc: int) -> Tensor:
+    """``labels (Tensor[...])`` long -> float ``Tensor[..., nc]``; unlike ``F.one_hot`` it does not read the
+    labels back to the host to check their range (the targets were checked when they were padded)."""
+    return (labels[..., None] == torch.arange(nc, device=labels.device)).float()
+
+
 @dataclass
 class Assignment:
     """Targets for every anchor of a batch.

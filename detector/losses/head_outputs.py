@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from detector.losses.assignment import Assignment
 from detector.ops.decode import AnchorCache, dfl_expectation, dist2bbox, flatten_maps
 
 
@@ -39,6 +41,21 @@ class HeadOutputs:
     def boxes_grid(self) -> Tensor:
         """Decoded xyxy boxes in grid units of each anchor's level, ``Tensor[B, A, 4]``."""
         return dist2bbox(self.distances(), self.points)
+
+
+def foreground_box_pairs(assignment: Assignment, out: HeadOutputs, pred_grid: Tensor) -> tuple[Tensor, Tensor]:
+    """(predicted, target) boxes in grid units of each anchor's level, both ``Tensor[B, A, 4]``: the prediction
+    and its assigned GT box on the foreground, a unit box for both elsewhere.
+
+    Background anchors get a weight of zero in the box losses; a well-formed stand-in pair keeps every IoU term
+    finite there, so the zero weight also zeroes their gradient (a degenerate predicted box can make CIoU NaN,
+    and a NaN times zero is not zero).
+    """
+    fg = assignment.fg_mask[..., None]
+    unit = pred_grid.new_zeros(4)  # (0, 0, 1, 1), built on the device: no host data to copy (capture-safe)
+    unit[2:] = 1.0
+    target = assignment.target_boxes / out.strides
+    return torch.where(fg, pred_grid, unit), torch.where(fg, target, unit)
 
 
 class HeadOutputReader:

@@ -12,9 +12,10 @@ from torch import Tensor
 
 from detector.losses.box_iou import aligned_ciou
 from detector.losses.dfl import dfl_targets, distribution_focal_loss
-from detector.losses.head_outputs import HeadOutputReader
+from detector.losses.head_outputs import HeadOutputReader, foreground_box_pairs
 from detector.losses.loss_config import resolve_loss_config
-from detector.losses.targets import pad_targets
+from detector.losses.rank_normalizer import normalizer
+from detector.losses.targets import batch_targets
 from detector.losses.task_aligned_assigner import TaskAlignedAssigner
 from detector.registry import LOSSES
 
@@ -37,6 +38,8 @@ class TaskAlignedLoss:
 
     Normalisation: every part is divided by the sum of the soft class targets (at least 1). ``loss`` is
     ``(box + cls + dfl) * batch_size`` after gains; ``items`` the detached gained parts in ``names`` order.
+    Box and DFL terms are computed for every anchor and weighted by zero off the foreground (fixed shapes, no
+    boolean-mask reads), so the loss never synchronises with the host and can be captured in a CUDA graph.
     """
 
     names = ("box", "cls", "dfl")
@@ -52,25 +55,22 @@ class TaskAlignedLoss:
     def __call__(self, maps: list[Tensor], batch: Mapping) -> tuple[Tensor, Tensor]:
         out = self.read(maps)
         b = out.batch_size
-        gt = pad_targets(batch, b, self.nc, out.cls_logits.device)
+        gt = batch_targets(batch, b, self.nc, out.cls_logits.device)
         pred_grid = out.boxes_grid()  # (B, A, 4) grid units
         assignment = self.assigner(
             out.cls_logits.detach().sigmoid(), (pred_grid * out.strides).detach(), out.points_px, gt
         )
         target_scores = assignment.target_scores
-        score_sum = target_scores.sum().clamp(min=1.0)
+        score_sum = normalizer(target_scores.sum())  # max(sum, 1); over every rank's share under DDP
 
         cls_loss = F.binary_cross_entropy_with_logits(out.cls_logits, target_scores, reduction="sum") / score_sum
 
-        fg = assignment.fg_mask
-        weight = target_scores.sum(-1)[fg]  # (P,)
-        strides = out.strides.expand(b, -1, -1)[fg]  # (P, 1)
-        target_grid = assignment.target_boxes[fg] / strides
-        ciou = aligned_ciou(pred_grid[fg], target_grid)
-        box_loss = ((1.0 - ciou) * weight).sum() / score_sum
+        fg = assignment.fg_mask  # (B, A)
+        weight = target_scores.sum(-1) * fg  # (B, A), zero for background anchors
+        pred_fg, target_grid = foreground_box_pairs(assignment, out, pred_grid)
+        box_loss = ((1.0 - aligned_ciou(pred_fg, target_grid)) * weight).sum() / score_sum
 
-        points = out.points.expand(b, -1, -1)[fg]
-        dfl = distribution_focal_loss(out.dist_logits[fg], dfl_targets(points, target_grid, self.bins))
+        dfl = distribution_focal_loss(out.dist_logits, dfl_targets(out.points, target_grid, self.bins))
         dfl_loss = (dfl * weight).sum() / score_sum
 
         parts = torch.stack((box_loss * self.cfg.box, cls_loss * self.cfg.cls, dfl_loss * self.cfg.dfl))

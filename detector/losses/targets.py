@@ -27,11 +27,33 @@ class PaddedTargets:
     def max_boxes(self) -> int:
         return self.labels.shape[1]
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> PaddedTargets:
+        return PaddedTargets(
+            self.labels.to(device, non_blocking=non_blocking),
+            self.boxes.to(device, non_blocking=non_blocking),
+            self.mask.to(device, non_blocking=non_blocking),
+        )
 
-def pad_targets(batch: Mapping, batch_size: int, nc: int, device: torch.device) -> PaddedTargets:
+
+def batch_targets(batch: Mapping, batch_size: int, nc: int, device: torch.device) -> PaddedTargets:
+    """The padded ground truth of ``batch``: its ``targets`` entry when the training step already padded it on
+    the host (fixed size, no device synchronisation), else padded here from ``cls`` / ``bboxes`` / ``batch_idx``."""
+    padded = batch.get("targets")
+    if isinstance(padded, PaddedTargets):
+        return padded
+    return pad_targets(batch, batch_size, nc, device)
+
+
+def pad_targets(
+    batch: Mapping, batch_size: int, nc: int, device: torch.device, max_boxes: int | None = None
+) -> PaddedTargets:
     """Collated ``batch`` (``cls (N,)``, ``bboxes (N, 4)`` xyxy, ``batch_idx (N,)``) -> ``PaddedTargets``.
 
-    A class id outside ``[0, nc)`` raises ``DetectorError`` (a dataset/model class-count mismatch).
+    ``M`` is the largest image's box count, or ``max_boxes`` when given (a fixed size, so a captured training
+    step sees the same shapes every batch; an image with more boxes raises ``DetectorError``). The checks read
+    one small tensor back to the host: call this on the loader's CPU tensors and move the result, so the
+    device never waits. A class id outside ``[0, nc)`` raises ``DetectorError`` (a dataset/model class-count
+    mismatch).
     """
     cls = torch.as_tensor(batch["cls"], device=device).reshape(-1)
     boxes = torch.as_tensor(batch["bboxes"], device=device, dtype=torch.float32).reshape(-1, 4)
@@ -42,10 +64,11 @@ def pad_targets(batch: Mapping, batch_size: int, nc: int, device: torch.device) 
             f"batch has {n} classes, {boxes.shape[0]} boxes and {batch_idx.shape[0]} batch indices; they must match"
         )
     if n == 0:
+        m = max_boxes or 0
         return PaddedTargets(
-            labels=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
-            boxes=torch.zeros(batch_size, 0, 4, device=device),
-            mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
+            labels=torch.zeros(batch_size, m, dtype=torch.long, device=device),
+            boxes=torch.zeros(batch_size, m, 4, device=device),
+            mask=torch.zeros(batch_size, m, dtype=torch.bool, device=device),
         )
     labels = cls.long()
     counts = torch.bincount(batch_idx.clamp(min=0), minlength=batch_size)
@@ -58,6 +81,10 @@ def pad_targets(batch: Mapping, batch_size: int, nc: int, device: torch.device) 
         )
     if first_image < 0 or last_image >= batch_size:
         raise DetectorError(f"batch_idx values {first_image}..{last_image} do not fit a batch of {batch_size} images")
+    if max_boxes is not None:
+        if m > max_boxes:
+            raise DetectorError(f"an image of this batch has {m} boxes, more than the fixed maximum of {max_boxes}")
+        m = max_boxes
     order = torch.argsort(batch_idx, stable=True)
     sorted_idx = batch_idx[order]
     first = counts.cumsum(0) - counts  # index of each image's first box in sorted order

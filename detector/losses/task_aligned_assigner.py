@@ -10,10 +10,9 @@ is asked for that GT's best IoU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from detector.losses.assignment import Assignment
+from detector.losses.assignment import Assignment, one_hot
 from detector.losses.box_iou import aligned_ciou
 from detector.losses.targets import PaddedTargets
 
@@ -86,13 +85,16 @@ class TaskAlignedAssigner:
         max_align = align.amax(-1, keepdim=True)  # (B, M, 1)
         max_iou = (overlaps * claims).amax(-1, keepdim=True)
         quality = (align * max_iou / (max_align + self.eps)).amax(1)  # (B, A)
-        target_scores = F.one_hot(labels, self.nc).float() * (quality * fg_mask)[..., None]
+        target_scores = one_hot(labels, self.nc) * (quality * fg_mask)[..., None]
         return Assignment(fg_mask, gt_index, boxes, target_scores)
 
     @staticmethod
     def _candidate_ciou(candidates: Tensor, pred_boxes: Tensor, gt: PaddedTargets) -> Tensor:
-        """CIoU (clamped at 0) of each candidate pair, zero elsewhere -> ``Tensor[B, M, A]``."""
-        overlaps = torch.zeros(candidates.shape, device=pred_boxes.device, dtype=pred_boxes.dtype)
-        bi, mi, ai = candidates.nonzero(as_tuple=True)
-        overlaps[bi, mi, ai] = aligned_ciou(gt.boxes[bi, mi], pred_boxes[bi, ai]).clamp(min=0).to(overlaps.dtype)
-        return overlaps
+        """CIoU (clamped at 0) of each candidate pair, zero elsewhere -> ``Tensor[B, M, A]``.
+
+        Computed densely over every (GT, anchor) pair and masked, rather than gathered for the candidates only:
+        the gather needs ``nonzero`` (a host synchronisation and a data-dependent shape).
+        """
+        ciou = aligned_ciou(gt.boxes[:, :, None], pred_boxes[:, None])  # (B, M, A)
+        # where, not a product: a degenerate predicted box can give NaN off the candidates
+        return torch.where(candidates, ciou.clamp(min=0), 0.0).to(pred_boxes.dtype)

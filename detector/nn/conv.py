@@ -31,6 +31,15 @@ def make_act(act: str | bool | None) -> nn.Module:
     return cls(inplace=True) if cls in (nn.SiLU, nn.ReLU, nn.ReLU6, nn.Hardswish) else cls()
 
 
+def fused_bn_runs(x: Tensor) -> bool:
+    """Whether the fused BatchNorm + SiLU training kernel runs on ``x``: CUDA tensors with Triton usable."""
+    if x.device.type != "cuda":
+        return False
+    from cuda_ops import use_kernel
+
+    return use_kernel("batchnorm_silu", "auto", x.device)
+
+
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
     """'Same' padding for an odd kernel ``k`` with dilation ``d``."""
     if p is not None:
@@ -47,7 +56,13 @@ class Conv(Block):
         groups, dilation. act: activation name or None. bias: conv bias before BN (LeYOLO's mn_conv).
         eps, momentum: BatchNorm settings (YOLO family default 1e-3 / 0.03).
     Shapes: (B, c1, H, W) -> (B, out, H/s, W/s).
+
+    Training on CUDA with SiLU, BN+SiLU run as one fused Triton op (``cuda_ops.batchnorm_silu``: fewer passes
+    over the activation, same values); ``fused_bn = False`` on the instance (``use_fused_bn``) keeps the stock
+    path, which every other case takes (CPU, eval, SyncBatchNorm, another activation).
     """
+
+    fused_bn = True
 
     def __init__(
         self,
@@ -71,12 +86,40 @@ class Conv(Block):
         self.stride_factor = float(s)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
+        y = self.conv(x)
+        if self.fused_bn and self.training and self._fusable_bn() and fused_bn_runs(y):
+            return self._fused_bn_silu(y)
+        return self.act(self.bn(y))
+
+    def _fusable_bn(self) -> bool:
+        """Plain BatchNorm2d (not SyncBatchNorm, not fused away) tracking running statistics, then SiLU."""
+        bn = self.bn
+        return (
+            type(bn) is nn.BatchNorm2d
+            and isinstance(self.act, nn.SiLU)
+            and bn.track_running_stats
+            and bn.affine
+            and bn.momentum is not None
+        )
+
+    def _fused_bn_silu(self, y: Tensor) -> Tensor:
+        from cuda_ops.batchnorm_silu import batchnorm_silu
+
+        bn = self.bn
+        bn.num_batches_tracked.add_(1)  # type: ignore[union-attr, operator]
+        return batchnorm_silu(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
 
     def fuse(self) -> None:
         if isinstance(self.bn, nn.BatchNorm2d):
             self.conv = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
             self.bn = nn.Identity()
+
+
+def use_fused_bn(model: nn.Module, enabled: bool) -> None:
+    """Switch the fused BatchNorm + SiLU training kernel on or off in every ``Conv`` of ``model``."""
+    for m in model.modules():
+        if isinstance(m, Conv):
+            m.fused_bn = enabled
 
 
 @BLOCKS.register()

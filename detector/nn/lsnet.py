@@ -129,7 +129,7 @@ class LKP(nn.Module):
         y = F.relu(self.cv3(self.cv2(F.relu(self.cv1(x)))))
         w = self.norm(self.cv4(y))
         b, _, h, wd = w.shape
-        return w.view(b, self.n_kernels, self.taps, h, wd)
+        return w.reshape(b, self.n_kernels, self.taps, h, wd)  # reshape: w may be channels_last
 
 
 class LSConv(nn.Module):

@@ -45,7 +45,12 @@ class AnchorCache:
         key = (tuple(shapes), maps[0].device)
         stale = self._cache is None or self._cache[0] != key or torch.jit.is_tracing()
         # anchors made under inference_mode cannot enter autograd-tracked code later: remake them there
-        if stale or (self._cache[1].is_inference() and not torch.is_inference_mode_enabled()):
+        # (checked eagerly only: torch.compile cannot trace is_inference(), and compiled training never is)
+        if stale or (
+            not torch.compiler.is_compiling()
+            and self._cache[1].is_inference()
+            and not torch.is_inference_mode_enabled()
+        ):
             points, strides = make_anchors(shapes, self.strides, self.offset, maps[0].device, torch.float32)
             self._cache = (key, points, strides)
         return self._cache[1], self._cache[2]

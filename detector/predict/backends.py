@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from detector.engine.memory_format import model_to_channels_last, to_channels_last
 from detector.errors import DetectorError
 from detector.ops import NMSConfig, PreprocessSpec
 
@@ -56,12 +57,11 @@ def model_input_spec(stride: int, imgsz: int | tuple[int, int] | None) -> Prepro
 
 
 def select_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``""``/``"auto"`` -> the first GPU when there is one, else CPU; otherwise as the trainer reads it."""
+    """``None``/``""``/``"auto"`` -> the first GPU when there is one, else CPU; otherwise any form of
+    ``deploy.device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"1"``), read as the trainer reads it."""
     from detector.engine.distributed import select_device as engine_device
 
-    if isinstance(device, torch.device):
-        return device
-    return engine_device("" if device in (None, "auto") else str(device))
+    return engine_device(device)
 
 
 class TorchBackend:
@@ -72,7 +72,7 @@ class TorchBackend:
     nms = NMSConfig.predict()
 
     def __init__(self, model, device: torch.device, half: bool = False) -> None:
-        self.model = model.to(device).eval()
+        self.model = model_to_channels_last(model.to(device).eval(), device)
         self.device = device
         self.half = bool(half and device.type == "cuda")
         self.dtype = torch.float16 if self.half else torch.float32
@@ -86,7 +86,8 @@ class TorchBackend:
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Tensor:
-        return self.model.infer(images.to(self.device, self.dtype))  # decoded in float32, also for half
+        images = to_channels_last(images.to(self.device, self.dtype), self.device)
+        return self.model.infer(images)  # decoded in float32, also for half
 
 
 def load_torch_checkpoint(path: Path, device: torch.device, half: bool, deploy: bool) -> TorchBackend:
@@ -118,7 +119,7 @@ class ExportedBackend:
         from deploy.errors import DeployError
 
         try:
-            self.runner = load_runner(path, device="cuda" if device.type == "cuda" else "cpu")
+            self.runner = load_runner(path, device=f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu")
         except DeployError as e:
             raise DetectorError(str(e)) from None
         meta = self.runner.metadata
@@ -141,6 +142,8 @@ class ExportedBackend:
         from deploy.postprocess import from_nms_outputs
 
         step = self.runner.fixed_batch or self.runner.max_batch or len(images)
+        if self.runner.input_dtype == "uint8":  # a graph that normalises itself takes the pixels back (exact)
+            images = images.mul(255).round_().to(torch.uint8)
         chunks = [self._pad(images[i : i + step].numpy(), step) for i in range(0, len(images), step)]
         outs = [(self.runner(x), n) for x, n in chunks]
         if self.has_nms:
