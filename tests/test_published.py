@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from detector.config import ConfigError
 from detector.info import count_flops, count_params
 from detector.model import build_model
 from detector.published import Measured, Published, flops_at, measure, measure_zoo_model, published_of, read_published
-from detector.zoo import ROOT, find_yaml, model_names
+from detector.zoo import find_yaml, model_names
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository (tools/ lives here, not in the package)
 
 # families whose every file must say what was published (gelan/ is kept by its own owner; mixes have no paper)
 WITH_PAPERS = ("classify", "damo", "leyolo")
