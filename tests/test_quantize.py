@@ -109,7 +109,7 @@ def _recall(ref, got, iou_thr: float = 0.5) -> tuple[int, float]:
     for a, b in zip(ref, got):
         total += len(a)
         if len(a) and len(b):
-            iou = torchvision.ops.box_iou(torch.from_numpy(a.boxes), torch.from_numpy(b.boxes)).numpy()
+            iou = torchvision.ops.box_iou(torch.from_numpy(a.xyxy), torch.from_numpy(b.xyxy)).numpy()
             hits += int(((iou >= iou_thr) & (a.cls[:, None] == b.cls[None])).any(1).sum())
     return total, hits / max(total, 1)
 
@@ -188,7 +188,7 @@ def test_data_free_export_needs_no_data(trained):
     meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(path)).metadata_props})
     assert meta.precision == "int8" and meta.quantization["calibration"].startswith("calib=free")
     r = Detector(path, device="cpu").predict(VAL_IMAGES[:2], imgsz=IMGSZ, conf=0.25)
-    assert all(np.isfinite(x.boxes).all() for x in r)
+    assert all(np.isfinite(x.xyxy).all() for x in r)
 
 
 @pytest.mark.parametrize("major", [10, 11])
