@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BCCD = ROOT / "datasets" / "bccd"
-NAMES = ["Platelets", "RBC", "WBC"]
+sys.path.insert(0, str(ROOT / "tests"))  # the engine test kit's BCCD subsets (symlinks, nothing copied)
+
+from _engine_kit import BCCD, bccd_subset  # noqa: E402
 
 
 class Skip(Exception):
@@ -78,22 +79,6 @@ class Smoke:
         if key not in self.state:
             raise Skip(f"needs the result of an earlier step ({key}), which did not pass")
         return self.state[key]
-
-
-def bccd_subset(root: Path, n: int) -> Path:
-    """A VOC dataset of the first ``n`` BCCD train images (symlinks), used as both train and val split."""
-    ids = (BCCD / "ImageSets" / "Main" / "train.txt").read_text().split()[:n]
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in ids:
-        for sub, ext in (("Annotations", "xml"), ("JPEGImages", "jpg")):
-            link = root / sub / f"{i}.{ext}"
-            if not link.exists():
-                link.symlink_to(BCCD / sub / f"{i}.{ext}")
-    (root / "ImageSets" / "Main" / "subset.txt").write_text("\n".join(ids) + "\n")
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\nformat: voc\ntrain: subset\nval: subset\nnames: {NAMES}\n")
-    return data
 
 
 def train_config(s: Smoke, model: str, name: str, epochs: int | None = None):

@@ -140,7 +140,12 @@ def safe_load(path: str | Path) -> Any:
     if not path.is_file():
         raise DetectorError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise DetectorError(
+                f"{path}: reading .safetensors needs the safetensors package: pip install safetensors"
+            ) from None
 
         return load_file(str(path))
     try:
