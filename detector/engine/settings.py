@@ -6,7 +6,6 @@ Loaded with ``detector.config.load``: recipe YAML <- command-line ``key=value`` 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -148,19 +147,3 @@ class ValRunConfig:
         "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": WORKERS, "conf": UNIT, "iou": UNIT,
         "max_det": AT_LEAST_ONE,
     }  # fmt: skip
-
-
-def keys_help(cfg, usage: str) -> str:
-    """``usage`` and every key of dataclass ``cfg`` with its default (nested sections as ``section.key``)."""
-    lines = [f"usage: {usage}   (see docs/training.md)", "", "keys (default):"]
-
-    def walk(obj, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{prefix}{f.name}.")
-            else:
-                lines.append(f"  {prefix}{f.name}={value!r}")
-
-    walk(cfg, "")
-    return "\n".join(lines)
