@@ -5,11 +5,19 @@
     python tools/bench_loader.py --compare-albumentations   # augmentation alone, ours vs albumentations 2.x
     python tools/bench_loader.py --compare-ultralytics      # ours vs Ultralytics' loader, same data, one run
     python tools/bench_loader.py --cpu-per-sample           # CPU ms one process spends per sample (+ collate)
+    python tools/bench_loader.py --profile                  # CPU ms per sample by stage (with Ultralytics if found)
 
 ``--compare-ultralytics`` needs ``ultralytics`` importable next to this project (it is not a dependency); it
 writes a YOLO-format copy of the split (image symlinks, txt labels) to a temporary folder, then alternates
 rounds of the two loaders (same size, batch, workers, mosaic and augmentation defaults) and reports each one's
 median images/s, plus the CPU time one process spends per sample (decode + augment + collate, no workers).
+
+``--profile`` runs in one process (OpenCV on one thread) and wraps each stage's function with a CPU-time
+counter (time inside a nested wrapped call counts for the inner stage only): decode, resize, mosaic, warp,
+HSV, flips, extras (albumentations), layout (HWC -> CHW), collate, and transfer (moving a collated batch into
+shared memory, what a worker pays to hand it over; ours collates straight into shared memory in workers). It
+also counts JPEG decodes per sample and measures the main process's CPU per sample while a real worker pool
+feeds it (receiving batches). Ultralytics is profiled the same way when it is importable.
 
 The first batches (worker start-up, first decode) are excluded; the rate is over the following batches,
 cycling epochs as needed.
@@ -140,27 +148,38 @@ def yolo_copy(data: str, split: str, root: Path) -> tuple[Path, list[str]]:
     return root / "images", list(ls.names)
 
 
-def compare_ultralytics(args: argparse.Namespace, rounds: int = 3) -> dict:
-    """Ours vs Ultralytics' training loader on the same images: images/s (median of alternating rounds) and
-    the CPU seconds one process spends per sample."""
-    import statistics
+def ultralytics_loader(args: argparse.Namespace):
+    """Ultralytics' training dataset and loader on a YOLO copy of the split: ``(dataset, loader)``."""
     import tempfile
 
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_dataloader as ul_dataloader
     from ultralytics.data.build import build_yolo_dataset
 
-    from detector.data.collate import collate
-
     images, names = yolo_copy(args.data, args.split, Path(tempfile.mkdtemp(prefix="bench_loader_yolo_")))
     cfg = get_cfg(overrides={"imgsz": args.imgsz, "mosaic": 1.0, "mixup": 0.0, "cache": False, "workers": args.workers})
     ul_set = build_yolo_dataset(cfg, str(images), args.batch, {"names": names, "nc": len(names), "channels": 3})
-    ul_loader = ul_dataloader(ul_set, args.batch, args.workers, shuffle=True, pin_memory=False)
+    return ul_set, ul_dataloader(ul_set, args.batch, args.workers, shuffle=True, pin_memory=False)
+
+
+def our_train_loader(args: argparse.Namespace, workers: int | None = None):
+    """Our training loader with the same settings: ``(dataset, loader)``, mosaic on for many epochs."""
     aug = AugmentConfig(mosaic=1.0, mixup=0.0)
-    our_loader, our_set = build_dataloader(
-        args.data, args.split, imgsz=args.imgsz, batch=args.batch, augment=aug, workers=args.workers
-    )
-    our_set.set_epoch(0, 1000)
+    loader, ds = build_dataloader(
+        args.data, args.split, imgsz=args.imgsz, batch=args.batch, augment=aug,
+        workers=args.workers if workers is None else workers,
+    )  # fmt: skip
+    ds.set_epoch(0, 1000)
+    return ds, loader
+
+
+def compare_ultralytics(args: argparse.Namespace, rounds: int = 3) -> dict:
+    """Ours vs Ultralytics' training loader on the same images: images/s (median of alternating rounds) and
+    the CPU seconds one process spends per sample."""
+    import statistics
+
+    ul_set, ul_loader = ultralytics_loader(args)
+    our_set, our_loader = our_train_loader(args)
     streams = {"ours": _cycle(our_loader, our_set), "ultralytics": _cycle(ul_loader, None)}
     rates: dict[str, list[float]] = {k: [] for k in streams}
     # each round first drains what the other loader's workers queued meanwhile (prefetch: 2-4 batches per
@@ -173,23 +192,181 @@ def compare_ultralytics(args: argparse.Namespace, rounds: int = 3) -> dict:
             t0 = time.perf_counter()
             n = sum(len(next(it)["im_file" if k == "ultralytics" else "im_files"]) for _ in range(args.batches))
             rates[k].append(n / (time.perf_counter() - t0))
-    cpu = {"ours": _cpu_per_sample(our_set, collate), "ultralytics": _cpu_per_sample(ul_set, ul_set.collate_fn)}
+    _, our_local = our_train_loader(args, workers=0)
+    cpu = {"ours": _cpu_per_sample(our_local), "ultralytics": _cpu_per_sample(ul_loader)}
     return {
         "images_per_s_median": {k: round(statistics.median(v), 1) for k, v in rates.items()},
         "images_per_s_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "cpu_ms_per_sample_one_process": {k: round(v * 1000, 2) for k, v in cpu.items()},
         "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
     }  # fmt: skip
+
+
+class StageTimer:
+    """CPU seconds per named stage, by wrapping functions; a nested wrapped call counts for its own stage only
+    (exclusive time), so the stages add up to at most the total."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._open: list[float] = []  # per open wrapped call: CPU time its wrapped children took
+        self._undo: list = []
+
+    def timed(self, fn, stage: str):
+        def run(*args, **kwargs):
+            self._open.append(0.0)
+            t0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.process_time() - t0
+                self.cpu[stage] = self.cpu.get(stage, 0.0) + dt - self._open.pop()
+                self.calls[stage] = self.calls.get(stage, 0) + 1
+                if self._open:
+                    self._open[-1] += dt
+
+        return run
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        """Replace ``owner.name`` (a module function or a class's method) by its timed version until ``restore``."""
+        own = name in vars(owner)
+        self._undo.append((owner, name, vars(owner).get(name), own))
+        setattr(owner, name, self.timed(getattr(owner, name), stage))
+
+    def restore(self) -> None:
+        for owner, name, fn, own in reversed(self._undo):
+            setattr(owner, name, fn) if own else delattr(owner, name)
+        self._undo.clear()
+
+
+def _profile_samples(loader, timer: StageTimer, n: int, warmup: int) -> dict:
+    """Run ``n`` samples (after ``warmup``) of ``loader``'s batches in this process: ``dataset[i]`` + collate +
+    the hand-over into shared memory; CPU ms per sample by stage (``other``: what no stage covers: labels,
+    bookkeeping, Python)."""
+    import cv2
+    import torch
+
+    collate_fn = timer.timed(loader.collate_fn, "collate")
+    to_shared = timer.timed(
+        lambda b: [v.share_memory_() for v in b.values() if isinstance(v, torch.Tensor) and not v.is_shared()],
+        "transfer",
+    )
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    batches, done = _index_batches(loader), 0
+    try:
+        while done < warmup:
+            done += len(idx := next(batches))
+            collate_fn([loader.dataset[i] for i in idx])
+        timer.cpu.clear(), timer.calls.clear()
+        t0, done = time.process_time(), 0
+        while done < n:
+            done += len(idx := next(batches))
+            to_shared(collate_fn([loader.dataset[i] for i in idx]))
+        total = time.process_time() - t0
+    finally:
+        cv2.setNumThreads(threads)
+    stages = {k: v * 1000 / done for k, v in timer.cpu.items()}
+    stages["other"] = (total - sum(timer.cpu.values())) * 1000 / done
+    return {"total": total * 1000 / done, **stages, "decodes": timer.calls.get("decode", 0) / done}
+
+
+def _index_batches(loader):
+    """The index lists ``loader`` would hand its workers, epoch after epoch (each epoch's sampler hooks run)."""
+    while True:
+        yield from loader.batch_sampler
+
+
+def _main_process_ms(loader, dataset, batches: int, warmup: int) -> float:
+    """CPU ms per image the main process spends receiving batches from a worker pool (unpickling, shared memory)."""
+    it = _cycle(loader, dataset)
+    for _ in range(warmup):
+        next(it)
+    t0, images = time.process_time(), 0
+    for _ in range(batches):
+        b = next(it)
+        images += len(b.get("im_files", b.get("im_file", ())))
+    return round((time.process_time() - t0) * 1000 / images, 3)
+
+
+def _our_stages(timer: StageTimer) -> None:
+    import detector.data.augment as aug
+    import detector.data.dataset as ds
+    import detector.data.mosaic as mosaic
+
+    for owner, name, stage in (
+        (ds, "read_image", "decode"), (ds, "resize_long_side", "resize"), (aug, "mosaic4", "mosaic"),
+        (mosaic, "mosaic4", "mosaic"), (aug, "letterbox_sample", "letterbox"), (aug, "warp_matrix", "warp"),
+        (aug, "warp", "warp"), (mosaic, "warp", "warp"), (aug, "hsv_jitter", "hsv"), (aug, "flip_lr", "flip"),
+        (aug, "flip_ud", "flip"), (aug.TrainAugment, "_in_rgb", "extras"), (ds, "chw_rgb", "layout"),
+    ):  # fmt: skip
+        if hasattr(owner, name):
+            timer.wrap(owner, name, stage)
+
+
+def _ultralytics_stages(timer: StageTimer) -> None:
+    import ultralytics.data.augment as aug
+    import ultralytics.data.base as base
+
+    for owner, name, stage in (
+        (base, "imread", "decode"), (base.BaseDataset, "load_image", "resize"),
+        (aug.Mosaic, "apply_image", "mosaic"), (aug.Mosaic, "apply_instances", "mosaic"),
+        (aug.RandomPerspective, "__call__", "warp"), (aug.RandomHSV, "__call__", "hsv"),
+        (aug.RandomFlip, "__call__", "flip"), (aug.Albumentations, "__call__", "extras"),
+        (aug.Format, "__call__", "layout"),
+    ):  # fmt: skip
+        timer.wrap(owner, name, stage)
+
+
+def profile(args: argparse.Namespace, n: int = 192, warmup: int = 48, rounds: int = 3) -> dict:
+    """Per-stage CPU ms per sample, ours and (when importable) Ultralytics', in this process, in alternating
+    rounds (median per stage); see the module docstring."""
+    import statistics
+
+    import detector.data.collate as ours_collate
+
+    _, our_loader = our_train_loader(args, workers=0)
+    sides = {"ours": (our_loader, _our_stages)}
+    try:
+        sides["ultralytics"] = (ultralytics_loader(args)[1], _ultralytics_stages)
+    except ImportError:
+        pass
+    runs: dict[str, list[dict]] = {k: [] for k in sides}
+    real_info = vars(ours_collate)["get_worker_info"]
+    for _ in range(rounds):
+        for name, (loader, stages) in sides.items():
+            timer = StageTimer()
+            stages(timer)
+            ours_collate.get_worker_info = lambda: True  # collate as in a worker: straight into shared memory
+            try:
+                runs[name].append(_profile_samples(loader, timer, n, warmup))
+            finally:
+                timer.restore()
+                ours_collate.get_worker_info = real_info
+    result: dict = {
+        name: {k: round(statistics.median(r[k] for r in rs), 2) for k in sorted(rs[0], key=lambda k: -rs[0][k])}
+        for name, rs in runs.items()
+    }
+    result["total_rounds"] = {name: [round(r["total"], 2) for r in rs] for name, rs in runs.items()}
+    if args.workers > 0:
+        our_set, our_workers = our_train_loader(args)
+        result["main_process_ms_per_sample"] = {"ours": _main_process_ms(our_workers, our_set, args.batches, 4)}
+        del our_workers
+        if "ultralytics" in sides:
+            ul_loader = sides["ultralytics"][0]  # built with workers; only its index batches were used so far
+            result["main_process_ms_per_sample"]["ultralytics"] = _main_process_ms(ul_loader, None, args.batches, 4)
+    unit = "CPU ms per sample by stage (median of rounds); decodes: JPEG decodes per sample"
+    return {"unit": unit, **result, "imgsz": args.imgsz, "batch": args.batch, "samples": n, "workers": args.workers,
+            "load_average": os.getloadavg()}  # fmt: skip
 
 
 def cpu_per_sample(args: argparse.Namespace) -> dict:
     """CPU milliseconds per training sample (decode, augment, collate) in this process, no workers."""
-    from detector.data.collate import collate
-
     aug = AugmentConfig(mosaic=0.0 if args.no_mosaic else 1.0, mixup=args.mixup)
-    _, ds = build_dataloader(args.data, args.split, imgsz=args.imgsz, batch=args.batch, augment=aug, workers=0)
+    loader, ds = build_dataloader(args.data, args.split, imgsz=args.imgsz, batch=args.batch, augment=aug, workers=0)
     ds.set_epoch(0, 1000)
-    return {"cpu_ms_per_sample_one_process": round(_cpu_per_sample(ds, collate) * 1000, 2), "imgsz": args.imgsz}
+    return {"cpu_ms_per_sample_one_process": round(_cpu_per_sample(loader) * 1000, 2), "imgsz": args.imgsz}
 
 
 def _cycle(loader, dataset):
@@ -201,24 +378,24 @@ def _cycle(loader, dataset):
             dataset.set_epoch(epoch)
 
 
-def _cpu_per_sample(dataset, collate_fn, n: int = 64, batch: int = 16, warmup: int = 32) -> float:
-    """CPU seconds per sample of ``dataset[i]`` + collate in this process (OpenCV on 1 thread): the median of 3
-    passes over fresh indices after ``warmup`` samples, so stores of recent decodes are in their steady state."""
+def _cpu_per_sample(loader, n: int = 64, warmup: int = 32) -> float:
+    """CPU seconds per sample of ``dataset[i]`` + collate over ``loader``'s index batches in this process (OpenCV
+    on 1 thread): the median of 3 passes after ``warmup`` samples, so stores of recent decodes are in their
+    steady state."""
     import statistics
 
     import cv2
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    start = 0
+    batches = _index_batches(loader)
 
     def one_pass(count: int) -> float:
-        nonlocal start
-        t0 = time.process_time()
-        for k in range(start, start + count, batch):
-            collate_fn([dataset[i % len(dataset)] for i in range(k, k + batch)])
-        start += count
-        return (time.process_time() - t0) / count
+        t0, done = time.process_time(), 0
+        while done < count:
+            done += len(idx := next(batches))
+            loader.collate_fn([loader.dataset[i] for i in idx])
+        return (time.process_time() - t0) / done
 
     one_pass(warmup)
     result = statistics.median(one_pass(n) for _ in range(3))
@@ -241,8 +418,11 @@ def main() -> None:
     p.add_argument("--compare-albumentations", action="store_true")
     p.add_argument("--compare-ultralytics", action="store_true")
     p.add_argument("--cpu-per-sample", action="store_true", help="less sensitive to a busy machine than images/s")
+    p.add_argument("--profile", action="store_true", help="CPU ms per sample by stage, ours and Ultralytics'")
     args = p.parse_args()
-    if args.cpu_per_sample:
+    if args.profile:
+        result = profile(args)
+    elif args.cpu_per_sample:
         result = cpu_per_sample(args)
     elif args.compare_ultralytics:
         result = compare_ultralytics(args)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import albumentations as A
 import cv2
 import numpy as np
 
 from detector.config import Range, check_limits
+from detector.data.batch_groups import draw_partners
 from detector.data.geometry import warp, warp_matrix
 from detector.data.mosaic import mixup, mosaic4
 from detector.data.targets import Targets
@@ -40,8 +41,11 @@ class AugmentConfig:
 
     Probabilities are in 0..1; ``hsv_*`` are gains (fractions); ``degrees``/``shear`` maximum angles;
     ``translate`` a fraction of the image size; ``scale`` 0.5 draws zoom factors in [0.5, 1.5];
-    ``close_mosaic`` turns mosaic and mixup off for that many final epochs. ``min_box_size`` (px) and
-    ``min_box_area`` (visible fraction) drop boxes that augmentation made degenerate.
+    ``close_mosaic`` turns mosaic and mixup off for that many final epochs. ``mosaic_partners``: where mosaic
+    and mixup take their other images from: ``batch`` (the sample's own training batch, so the worker building
+    it decodes each image once; see ``detector/data/batch_groups.py``) or ``dataset`` (anywhere; up to four
+    decodes per sample). ``min_box_size`` (px) and ``min_box_area`` (visible fraction) drop boxes that
+    augmentation made degenerate.
     """
 
     hsv_h: float = 0.015
@@ -57,6 +61,7 @@ class AugmentConfig:
     mosaic: float = 1.0
     mixup: float = 0.0
     close_mosaic: int = 15
+    mosaic_partners: Literal["batch", "dataset"] = "batch"
     blur: float = 0.01
     median_blur: float = 0.01
     to_gray: float = 0.01
@@ -74,7 +79,8 @@ class AugmentConfig:
     @classmethod
     def off(cls) -> AugmentConfig:
         """No augmentation at all (training samples are only letterboxed)."""
-        return cls(**{f.name: 0 for f in fields(cls) if f.name not in ("min_box_size", "min_box_area")})
+        keep = ("min_box_size", "min_box_area", "mosaic_partners")
+        return cls(**{f.name: 0 for f in fields(cls) if f.name not in keep})
 
 
 class TrainAugment:
@@ -105,18 +111,21 @@ class TrainAugment:
         *,
         mosaic: bool = True,
         shape: tuple[int, int] | None = None,
+        pool: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Targets]:
         """One augmented ``(img (ndarray[H, W, 3]) uint8, targets)`` for dataset item ``index`` of ``n``, in the
         channel order of the loaded images (RGB, or BGR with ``bgr``); loaded images may be read-only.
 
         ``mosaic`` False (closed for the last epochs, or rectangular training) turns mosaic and mixup off;
-        ``shape`` ``(h, w)`` overrides the square output (rectangular training batches).
+        ``shape`` ``(h, w)`` overrides the square output (rectangular training batches); ``pool`` (dataset
+        indices: the sample's batch) is where mosaic and mixup partners come from, None for anywhere in ``n``.
         """
         cfg = self.cfg
         out_shape = shape or (self.imgsz, self.imgsz)
-        img, t = self._geometric(load, index, n, rng, mosaic and out_shape[0] == out_shape[1], out_shape)
+        square = out_shape[0] == out_shape[1]
+        img, t = self._geometric(load, index, n, rng, mosaic and square, out_shape, pool)
         if mosaic and cfg.mixup > 0 and rng.random() < cfg.mixup:
-            other = self._geometric(load, int(rng.integers(n)), n, rng, True, out_shape)
+            other = self._geometric(load, draw_partners(index, n, 1, rng, pool)[0], n, rng, True, out_shape, pool)
             img, t = mixup((img, t), other, rng)
         for p, transform in self.extras:
             if rng.random() < p:
@@ -139,11 +148,18 @@ class TrainAugment:
         return np.ascontiguousarray(out[..., ::-1])
 
     def _geometric(
-        self, load: Loader, index: int, n: int, rng: np.random.Generator, mosaic: bool, out_shape: tuple[int, int]
+        self,
+        load: Loader,
+        index: int,
+        n: int,
+        rng: np.random.Generator,
+        mosaic: bool,
+        out_shape: tuple[int, int],
+        pool: np.ndarray | None,
     ) -> tuple[np.ndarray, Targets]:
         cfg = self.cfg
         if mosaic and cfg.mosaic > 0 and rng.random() < cfg.mosaic:
-            parts = [load(index)] + [load(int(j)) for j in rng.integers(n, size=3)]
+            parts = [load(index)] + [load(j) for j in draw_partners(index, n, 3, rng, pool)]
             img, t = mosaic4(parts, self.imgsz, rng)
         else:
             img, t = letterbox_sample(*load(index), out_shape)

@@ -14,8 +14,10 @@ Images are decoded and augmented in OpenCV's BGR order and turned into RGB by th
 channel-first, so no separate colour conversion runs per decoded image.
 
 Randomness: each sample draws from ``numpy.random.default_rng((seed, epoch, index))``, so it does not depend on
-which worker builds it or in what order. The epoch lives in shared memory, so ``set_epoch`` reaches
-persistent workers too.
+which worker builds it or in what order. With ``augment.mosaic_partners: batch`` (the default) mosaic and
+mixup partners are drawn from the sample's own batch (``batch_groups``, given by the sampler each epoch), so a
+sample also depends on the batch size. The epoch and the batches live in shared memory, so ``set_epoch``
+reaches persistent workers too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from detector.data.augment import AugmentConfig, TrainAugment
+from detector.data.batch_groups import BatchGroups
 from detector.data.image_cache import ImageCache
 from detector.data.image_io import ImageReadError, read_image, resize_long_side
 from detector.data.labels import ImageLabels, LabelSet, Problem, problem
@@ -51,7 +54,7 @@ class DetectionDataset(Dataset):
         imgsz: training size (multiple of ``stride``); images are first scaled so their longer side is this.
         augment: training augmentation, or None for validation samples.
         rect: rectangular batches (images grouped by aspect ratio, padded per batch); needs ``batch``.
-        batch: batch size, for the rectangular shapes.
+        batch: batch size, for the rectangular shapes and the batches mosaic partners come from.
         cache: ``"ram"``, ``"disk"`` or None: keep resized decoded images.
     """
 
@@ -88,6 +91,9 @@ class DetectionDataset(Dataset):
         self.total_epochs: int | None = None
         self._mosaic_closed = False
         self.sampler = None  # set by build_dataloader; set_epoch forwards to it
+        # the epoch's batches (the sampler assigns them), where mosaic partners come from; None: anywhere
+        partners_in_batch = augment is not None and augment.mosaic > 0 and augment.mosaic_partners == "batch"
+        self.batch_groups = BatchGroups(len(self.labels), batch) if partners_in_batch and not rect else None
         self._failed: set[int] = set()  # per process: images known not to decode
         self._new_problems: list[Problem] = []
         self.image_cache = None
@@ -153,13 +159,13 @@ class DetectionDataset(Dataset):
                 lab = self.labels[j]
                 return im_j, Targets.of(lab.cls, lab.boxes).scaled(r_j, r_j)
 
-            img, t = self.transform(
-                load, index, len(self), rng, mosaic=self.mosaic_enabled and not self.rect, shape=shape
-            )
+            mosaic = self.mosaic_enabled and not self.rect
+            pool = self.batch_groups.members(index) if mosaic and self.batch_groups is not None else None
+            img, t = self.transform(load, index, len(self), rng, mosaic=mosaic, shape=shape, pool=pool)
             boxes, cls, ratio_pad = t.boxes, t.cls, (ratio, (0, 0))
         found, self._new_problems = self._new_problems, []
         return {
-            "img": np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)),  # BGR HWC -> RGB CHW, one copy
+            "img": chw_rgb(img),
             "cls": cls.astype(np.float32),
             "bboxes": boxes.astype(np.float32).reshape(-1, 4),
             "im_file": im.file,
@@ -202,3 +208,8 @@ class DetectionDataset(Dataset):
         raise DetectorError(
             f"{MAX_REPLACEMENTS + 1} images in a row failed to decode, starting at {self.labels[index].file}"
         )
+
+
+def chw_rgb(img: np.ndarray) -> np.ndarray:
+    """``img (ndarray[H, W, 3])`` BGR -> ``ndarray[3, H, W]`` RGB, contiguous, in one copy."""
+    return np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))

@@ -98,9 +98,11 @@ def build_dataloader(
         )
         loader = DetectionLoader(dataset, batch_sampler=sampler, **common)
     else:
+        groups = dataset.batch_groups  # the loader cuts the sampler's order into batches; so do the groups
         sampler = EpochSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, on_epoch=dataset._apply_epoch
-        )
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, on_epoch=dataset._apply_epoch,
+            on_order=groups.assign if groups is not None else None,
+        )  # fmt: skip
         loader = DetectionLoader(dataset, batch_size=batch, sampler=sampler, drop_last=False, **common)
     dataset.sampler = sampler
     return loader, dataset

@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from detector.ops import PreprocessSpec
 
 EpochHook = Callable[[int], None]
+OrderHook = Callable[[list[int]], None]
 
 
 class _EpochCounter:
@@ -45,7 +46,8 @@ class _EpochCounter:
 class EpochSampler(_EpochCounter, DistributedSampler):
     """``DistributedSampler`` (also for one process) that advances its epoch on its own and tells the dataset.
 
-    ``on_epoch(epoch)`` runs in the main process when iteration starts, before any index is handed out.
+    ``on_epoch(epoch)``, then ``on_order(indices)`` (this rank's order for the epoch) run in the main process
+    when iteration starts, before any index is handed out.
     """
 
     def __init__(
@@ -57,15 +59,20 @@ class EpochSampler(_EpochCounter, DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         on_epoch: EpochHook | None = None,
+        on_order: OrderHook | None = None,
     ) -> None:
         DistributedSampler.__init__(
             self, dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
         )
         self._init_epochs(on_epoch)
+        self.on_order = on_order
 
     def __iter__(self) -> Iterator[int]:
         self._next_epoch()
-        return DistributedSampler.__iter__(self)
+        order = list(DistributedSampler.__iter__(self))
+        if self.on_order is not None:
+            self.on_order(order)
+        return iter(order)
 
 
 def rect_shapes(
