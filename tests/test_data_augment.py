@@ -9,9 +9,9 @@ from _data_synth import PALETTE, draw, make_yolo
 from detector.config import ConfigError, build
 from detector.data.augment import AugmentConfig, TrainAugment, flip_lr, flip_ud, hsv_jitter
 from detector.data.dataset import DetectionDataset
-from detector.data.geometry import warp, warp_matrix
+from detector.data.geometry import source_window, warp, warp_matrix
 from detector.data.load import load_split
-from detector.data.mosaic import mixup, mosaic4
+from detector.data.mosaic import mixup, mosaic4, mosaic4_at, mosaic_centre
 from detector.data.targets import Targets
 from detector.ops import PreprocessSpec
 from detector.ops.letterbox import letterbox
@@ -90,6 +90,62 @@ def test_mosaic_and_warp_keep_each_box_on_its_object():
     assert len(t2) >= 1
     for box, c in zip(t2.boxes, t2.cls):
         np.testing.assert_allclose(box, mask_box(colour_mask(out, c)), atol=2)
+
+
+def noisy_parts(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, Targets]]:
+    parts = []
+    for h, w in [(size, size * 3 // 4), (size // 2, size), (size, size), (size * 2 // 3, size // 2)]:
+        boxes = np.array([[w * 0.1, h * 0.2, w * 0.6, h * 0.9], [w * 0.5, h * 0.1, w * 0.9, h * 0.4]], np.float32)
+        parts.append((rng.integers(0, 256, (h, w, 3), dtype=np.uint8), Targets.of([0, 1], boxes)))
+    return parts
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"degrees": 20, "shear": 5}, {"scale": 0.9, "translate": 0.3}, {"perspective": 0.001}]
+)
+def test_the_mosaic_window_is_all_the_warp_reads(extra):
+    """Filling in only ``source_window`` of the canvas gives the warp exactly the pixels of the whole canvas."""
+    size, rng, smaller = 96, np.random.default_rng(0), 0
+    parts = noisy_parts(rng, size)
+    for _ in range(12):
+        centre = mosaic_centre(size, rng)
+        m = warp_matrix((size, size), (size, size), rng, **{"translate": 0.1, "scale": 0.5, **extra})
+        full, t_full = mosaic4_at(parts, size, centre)
+        x1, y1, x2, y2 = window = source_window(m, (size, size), full.shape[:2])
+        part, t_part = mosaic4_at(parts, size, centre, window)
+        np.testing.assert_array_equal(part[y1:y2, x1:x2], full[y1:y2, x1:x2])
+        outside = np.ones(full.shape[:2], bool)
+        outside[y1:y2, x1:x2] = False
+        part[outside] = rng.integers(0, 256, (int(outside.sum()), 3), dtype=np.uint8)  # never read
+        a, ta = warp(full, t_full, m, (size, size))
+        b, tb = warp(part, t_part, m, (size, size))
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ta.boxes, tb.boxes)
+        smaller += (x2 - x1) * (y2 - y1) < full.shape[0] * full.shape[1]
+    assert smaller >= (0 if "perspective" in extra else 6)  # zoom-ins read only part of the canvas
+
+
+def test_train_augment_equals_the_whole_canvas_path(monkeypatch):
+    """The pipeline with the partial canvas gives the samples of the whole-canvas pipeline (mixup and warps)."""
+    import detector.data.augment as augment
+
+    rng = np.random.default_rng(1)
+    images = [(p[0], p[1]) for _ in range(2) for p in noisy_parts(rng, 64)]
+    cfg = AugmentConfig(mixup=0.5, degrees=10, blur=0, median_blur=0, to_gray=0, clahe=0)
+
+    def load(i):
+        return images[i]
+
+    def run():
+        aug = TrainAugment(cfg, 64)
+        return [aug(load, i % 8, 8, np.random.default_rng(i)) for i in range(16)]
+
+    fast = run()
+    monkeypatch.setattr(augment, "source_window", lambda m, out, shape: (0, 0, shape[1], shape[0]))
+    for (a, ta), (b, tb) in zip(fast, run()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ta.boxes, tb.boxes)
+        np.testing.assert_array_equal(ta.cls, tb.cls)
 
 
 def test_flips_are_exact():

@@ -293,16 +293,14 @@ def _main_process_ms(loader, dataset, batches: int, warmup: int) -> float:
 def _our_stages(timer: StageTimer) -> None:
     import detector.data.augment as aug
     import detector.data.dataset as ds
-    import detector.data.mosaic as mosaic
 
     for owner, name, stage in (
-        (ds, "read_image", "decode"), (ds, "resize_long_side", "resize"), (aug, "mosaic4", "mosaic"),
-        (mosaic, "mosaic4", "mosaic"), (aug, "letterbox_sample", "letterbox"), (aug, "warp_matrix", "warp"),
-        (aug, "warp", "warp"), (mosaic, "warp", "warp"), (aug, "hsv_jitter", "hsv"), (aug, "flip_lr", "flip"),
+        (ds, "read_image", "decode"), (ds, "resize_long_side", "resize"), (aug, "mosaic4_at", "mosaic"),
+        (aug, "letterbox_sample", "letterbox"), (aug, "warp_matrix", "warp"), (aug, "source_window", "warp"),
+        (aug, "warp", "warp"), (aug, "hsv_jitter", "hsv"), (aug, "flip_lr", "flip"),
         (aug, "flip_ud", "flip"), (aug.TrainAugment, "_in_rgb", "extras"), (ds, "chw_rgb", "layout"),
     ):  # fmt: skip
-        if hasattr(owner, name):
-            timer.wrap(owner, name, stage)
+        timer.wrap(owner, name, stage)
 
 
 def _ultralytics_stages(timer: StageTimer) -> None:

@@ -53,12 +53,35 @@ def warp(img: np.ndarray, targets: Targets, m: np.ndarray, out_shape: tuple[int,
     """Apply ``m (ndarray[3, 3])`` to ``img`` and its boxes; output ``out_shape`` ``(h, w)``, boxes clipped to it."""
     oh, ow = out_shape
     border = (PAD_VALUE,) * 3
-    if np.allclose(m[2], (0, 0, 1)):
-        if not (np.allclose(m[:2, :2], np.eye(2)) and np.allclose(m[:2, 2], 0) and img.shape[:2] == (oh, ow)):
+    if _close(m[2], (0, 0, 1)):
+        if not (_close(m[:2], np.eye(2, 3)) and img.shape[:2] == (oh, ow)):
             img = cv2.warpAffine(img, m[:2], (ow, oh), flags=cv2.INTER_LINEAR, borderValue=border)
     else:
         img = cv2.warpPerspective(img, m, (ow, oh), flags=cv2.INTER_LINEAR, borderValue=border)
     return img, transform_targets(targets, m).clipped(0, 0, ow, oh)
+
+
+def source_window(
+    m: np.ndarray, out_shape: tuple[int, int], in_shape: tuple[int, int], margin: int = 2
+) -> tuple[int, int, int, int]:
+    """``(x1, y1, x2, y2)``: the part of an ``in_shape`` ``(h, w)`` image that ``warp`` by the affine ``m`` into
+    ``out_shape`` reads (bilinear neighbours and ``margin`` pixels more), clipped to the image; the whole image
+    for a perspective ``m`` (the inverse image of the output need not be bounded by its corners there)."""
+    ih, iw = in_shape
+    if not _close(m[2], (0, 0, 1)):
+        return 0, 0, iw, ih
+    oh, ow = out_shape
+    inv = cv2.invertAffineTransform(m[:2])
+    corners = np.array([[0, 0, 1], [ow - 1, 0, 1], [0, oh - 1, 1], [ow - 1, oh - 1, 1]], dtype=np.float64) @ inv.T
+    (x1, y1), (x2, y2) = np.floor(corners.min(0)) - margin, np.ceil(corners.max(0)) + margin + 1
+    x1, y1 = int(min(max(x1, 0), iw - 1)), int(min(max(y1, 0), ih - 1))
+    return x1, y1, int(min(max(x2, x1 + 1), iw)), int(min(max(y2, y1 + 1), ih))
+
+
+def _close(a: np.ndarray, b) -> bool:
+    """``np.allclose(a, b)`` (same tolerances) without its overhead, for the few tiny arrays of one warp."""
+    b = np.asarray(b, dtype=np.float64)
+    return bool(np.all(np.abs(a - b) <= 1e-8 + 1e-5 * np.abs(b)))
 
 
 def transform_targets(targets: Targets, m: np.ndarray) -> Targets:
