@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _data_synth import PALETTE, draw, make_yolo
@@ -11,7 +13,7 @@ from detector.data.augment import AugmentConfig, TrainAugment, flip_lr, flip_ud,
 from detector.data.dataset import DetectionDataset
 from detector.data.geometry import source_window, warp, warp_matrix
 from detector.data.load import load_split
-from detector.data.mosaic import mixup, mosaic4, mosaic4_at, mosaic_centre
+from detector.data.mosaic import mixup, mosaic4, mosaic_centre, mosaic_into
 from detector.data.targets import Targets
 from detector.ops import PreprocessSpec
 from detector.ops.letterbox import letterbox
@@ -110,9 +112,11 @@ def test_the_mosaic_window_is_all_the_warp_reads(extra):
     for _ in range(12):
         centre = mosaic_centre(size, rng)
         m = warp_matrix((size, size), (size, size), rng, **{"translate": 0.1, "scale": 0.5, **extra})
-        full, t_full = mosaic4_at(parts, size, centre)
-        x1, y1, x2, y2 = window = source_window(m, (size, size), full.shape[:2])
-        part, t_part = mosaic4_at(parts, size, centre, window)
+        full = np.empty((2 * size, 2 * size, 3), np.uint8)
+        t_full = mosaic_into(full, (0, 0), parts, size, centre)
+        x1, y1, x2, y2 = source_window(m, (size, size), full.shape[:2])
+        part = np.empty_like(full)
+        t_part = mosaic_into(part[y1:y2, x1:x2], (x1, y1), parts, size, centre)
         np.testing.assert_array_equal(part[y1:y2, x1:x2], full[y1:y2, x1:x2])
         outside = np.ones(full.shape[:2], bool)
         outside[y1:y2, x1:x2] = False
@@ -125,13 +129,14 @@ def test_the_mosaic_window_is_all_the_warp_reads(extra):
     assert smaller >= (0 if "perspective" in extra else 6)  # zoom-ins read only part of the canvas
 
 
-def test_train_augment_equals_the_whole_canvas_path(monkeypatch):
+@pytest.mark.parametrize("degrees", [10, 0])
+def test_train_augment_equals_the_whole_canvas_path(monkeypatch, degrees):
     """The pipeline with the partial canvas gives the samples of the whole-canvas pipeline (mixup and warps)."""
     import detector.data.augment as augment
 
     rng = np.random.default_rng(1)
     images = [(p[0], p[1]) for _ in range(2) for p in noisy_parts(rng, 64)]
-    cfg = AugmentConfig(mixup=0.5, degrees=10, blur=0, median_blur=0, to_gray=0, clahe=0)
+    cfg = AugmentConfig(mixup=0.5, degrees=degrees, blur=0, median_blur=0, to_gray=0, clahe=0, resize_warp=False)
 
     def load(i):
         return images[i]
@@ -146,6 +151,59 @@ def test_train_augment_equals_the_whole_canvas_path(monkeypatch):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(ta.boxes, tb.boxes)
         np.testing.assert_array_equal(ta.cls, tb.cls)
+
+
+def test_zoom_and_shift_as_crop_and_resize_keeps_boxes_on_objects():
+    """``resize_warp``: the crop + resize path moves each box exactly with its object (mosaic and letterbox)."""
+    parts = []
+    for c, (h, w) in enumerate([(64, 48), (40, 64), (64, 64), (30, 50)]):
+        box = (w * 0.2, h * 0.25, w * 0.7, h * 0.8)
+        parts.append((draw(h, w, [(c, *box)]), Targets.of([c], [box])))
+    cfg = AugmentConfig(hsv_h=0, hsv_s=0, hsv_v=0, blur=0, median_blur=0, to_gray=0, clahe=0, scale=0.3)
+    aug = TrainAugment(cfg, 64)
+    seen = 0
+    for seed in range(12):
+        for mosaic in (True, False):
+            pool = np.arange(4)  # partners: the three other images, so each class shows once
+            out, t = aug(lambda i: parts[i], seed % 4, 4, np.random.default_rng(seed), mosaic=mosaic, pool=pool)
+            assert out.shape == (64, 64, 3)
+            for box, c in zip(t.boxes, t.cls):
+                np.testing.assert_allclose(box, mask_box(colour_mask(out, c)), atol=2)  # (edges are blended)
+                seen += 1
+    assert seen > 30
+
+
+def test_crop_and_resize_match_the_warp_they_replace():
+    """Same draws, ``resize_warp`` on and off, real BCCD mosaics: nearly the same pixels and boxes (the crop's
+    corners are whole source pixels, the warp's are not)."""
+    labels = load_split(str(Path(__file__).resolve().parents[1] / "datasets" / "bccd"), "train")
+    off = dict(hsv_h=0, hsv_s=0, hsv_v=0, blur=0, median_blur=0, to_gray=0, clahe=0, fliplr=0)
+    off.update(min_box_size=0, min_box_area=0)  # keep every box: a sub-pixel shift may tip one over a threshold
+    diffs = []
+    for seed in range(4):
+        a, b = (
+            DetectionDataset(labels, imgsz=160, augment=AugmentConfig(**off, resize_warp=r), seed=seed)[seed]
+            for r in (True, False)
+        )
+        diffs.append(np.abs(a["img"].astype(int) - b["img"]).mean())
+        assert a["bboxes"].shape == b["bboxes"].shape
+        np.testing.assert_allclose(a["bboxes"], b["bboxes"], atol=2.5)
+    assert max(diffs) < 6, diffs  # mean level difference of a sub-pixel shift of textured cell images
+
+
+def test_crop_box_paste_and_resize_crop():
+    from detector.data.crop_resize import crop_box, is_zoom_shift, paste, resize_crop
+
+    m = np.array([[2.0, 0, -10], [0, 2.0, 6], [0, 0, 1]])  # x -> 2x - 10, y -> 2y + 6
+    assert is_zoom_shift(m) and not is_zoom_shift(np.array([[1.0, 0.1, 0], [0, 1, 0], [0, 0, 1]]))
+    assert crop_box(m, (40, 60)) == (5, -3, 35, 17)  # 30 x 20 source pixels, 3 rows above the source
+    out = np.zeros((4, 5), np.uint8)
+    paste(out, (10, 20), np.full((3, 3), 7, np.uint8), (13, 18))  # only its bottom-left 2 x 1 overlaps
+    assert out.sum() == 7 * 2 and out[0, 3:].tolist() == [7, 7]
+    paste(out, (10, 20), np.full((3, 3), 9, np.uint8), (100, 100))  # no overlap: nothing
+    img, t = resize_crop(np.zeros((20, 30, 3), np.uint8), Targets.of([0], [[5, -3, 20, 7]]), (5, -3, 35, 17), (40, 60))
+    assert img.shape == (40, 60, 3)
+    np.testing.assert_allclose(t.boxes, [[0, 0, 30, 20]])
 
 
 def test_flips_are_exact():

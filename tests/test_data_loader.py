@@ -195,3 +195,23 @@ def test_samples_are_rgb(tmp_path):
     assert img.shape[:2] == (640, 640) and rgb.shape[:2] == (480, 640)  # BCCD: 640x480, padded top and bottom
     top = (640 - 480) // 2
     np.testing.assert_array_equal(img[top : top + 480], rgb)
+
+
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_stacked_batches_equal_numpy_stack(monkeypatch, in_worker):
+    """Samples' RGB CHW views of BGR images are de-interleaved by OpenCV, other arrays copied: same bytes as
+    ``np.stack``; in a worker the batch is allocated in shared memory."""
+    import detector.data.collate as collate_module
+    from detector.data.dataset import chw_rgb
+
+    monkeypatch.setattr(collate_module, "get_worker_info", lambda: object() if in_worker else None)
+    rng = np.random.default_rng(0)
+    bgr = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(3)]
+    images = [chw_rgb(bgr[0]), chw_rgb(bgr[1][:, ::-1].copy()), np.ascontiguousarray(chw_rgb(bgr[2]))]
+    images.append(chw_rgb(bgr[0][:, ::-1]))  # a strided BGR view: numpy copies it
+    out = collate_module.stack_images(images)
+    assert out.dtype == torch.uint8 and out.shape == (4, 3, 37, 53) and out.is_shared() == in_worker
+    np.testing.assert_array_equal(out.numpy(), np.stack(images))
+    np.testing.assert_array_equal(out[0].numpy(), bgr[0][..., ::-1].transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="image 1 is uint8 \\(3, 37, 52\\)"):
+        collate_module.stack_images([images[0], images[0][:, :, :52]])

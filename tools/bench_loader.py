@@ -295,9 +295,9 @@ def _our_stages(timer: StageTimer) -> None:
     import detector.data.dataset as ds
 
     for owner, name, stage in (
-        (ds, "read_image", "decode"), (ds, "resize_long_side", "resize"), (aug, "mosaic4_at", "mosaic"),
+        (ds, "read_image", "decode"), (ds, "resize_long_side", "resize"), (aug, "mosaic_into", "mosaic"),
         (aug, "letterbox_sample", "letterbox"), (aug, "warp_matrix", "warp"), (aug, "source_window", "warp"),
-        (aug, "warp", "warp"), (aug, "hsv_jitter", "hsv"), (aug, "flip_lr", "flip"),
+        (aug, "warp", "warp"), (aug, "resize_crop", "warp"), (aug, "hsv_jitter", "hsv"), (aug, "flip_lr", "flip"),
         (aug, "flip_ud", "flip"), (aug.TrainAugment, "_in_rgb", "extras"), (ds, "chw_rgb", "layout"),
     ):  # fmt: skip
         timer.wrap(owner, name, stage)

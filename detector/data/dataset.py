@@ -1,6 +1,7 @@
 """``DetectionDataset``: labelled images -> training samples (augmented) or validation samples (letterboxed).
 
-A sample is a dict: ``img`` (ndarray[3, H, W] uint8 RGB), ``cls`` (ndarray[N] float32), ``bboxes``
+A sample is a dict: ``img`` (ndarray[3, H, W] uint8 RGB; a view of the BGR image the pipeline made, which
+collate copies into the batch), ``cls`` (ndarray[N] float32), ``bboxes``
 (ndarray[N, 4] float32, xyxy pixels of ``img``), ``im_file``, ``ori_shape`` ``(h0, w0)``, ``ratio_pad``
 ``(ratio, (padw, padh))`` with ``original = (box - pad) / ratio``, ``image_id``, ``ignore`` (the image's ignore
 regions for the evaluator, in original pixels: ``(boxes (K, 4) xyxy, cls (K,), crowd (K,) bool)``; never
@@ -10,8 +11,8 @@ loader moves them to ``dataset.problems``).
 Validation samples are exact: ``ratio_pad`` maps boxes back to the original image. Training samples are
 augmented; their ``ratio_pad`` describes only the initial resize (pad 0).
 
-Images are decoded and augmented in OpenCV's BGR order and turned into RGB by the copy that makes ``img``
-channel-first, so no separate colour conversion runs per decoded image.
+Images are decoded and augmented in OpenCV's BGR order and turned into RGB by the one copy that makes the
+batch channel-first, so no separate colour conversion runs per decoded image.
 
 Randomness: each sample draws from ``numpy.random.default_rng((seed, epoch, index))``, so it does not depend on
 which worker builds it or in what order. With ``augment.mosaic_partners: batch`` (the default) mosaic and
@@ -211,5 +212,6 @@ class DetectionDataset(Dataset):
 
 
 def chw_rgb(img: np.ndarray) -> np.ndarray:
-    """``img (ndarray[H, W, 3])`` BGR -> ``ndarray[3, H, W]`` RGB, contiguous, in one copy."""
-    return np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))
+    """``img (ndarray[H, W, 3])`` BGR -> ``ndarray[3, H, W]`` RGB as a view, no copy: ``collate`` copies it into
+    the batch once, de-interleaving with OpenCV (``collate.copy_image``)."""
+    return img[..., ::-1].transpose(2, 0, 1)

@@ -54,7 +54,7 @@ def warp(img: np.ndarray, targets: Targets, m: np.ndarray, out_shape: tuple[int,
     oh, ow = out_shape
     border = (PAD_VALUE,) * 3
     if _close(m[2], (0, 0, 1)):
-        if not (_close(m[:2], np.eye(2, 3)) and img.shape[:2] == (oh, ow)):
+        if not (_close(m[:2], (1, 0, 0, 0, 1, 0)) and img.shape[:2] == (oh, ow)):
             img = cv2.warpAffine(img, m[:2], (ow, oh), flags=cv2.INTER_LINEAR, borderValue=border)
     else:
         img = cv2.warpPerspective(img, m, (ow, oh), flags=cv2.INTER_LINEAR, borderValue=border)
@@ -71,17 +71,24 @@ def source_window(
     if not _close(m[2], (0, 0, 1)):
         return 0, 0, iw, ih
     oh, ow = out_shape
-    inv = cv2.invertAffineTransform(m[:2])
-    corners = np.array([[0, 0, 1], [ow - 1, 0, 1], [0, oh - 1, 1], [ow - 1, oh - 1, 1]], dtype=np.float64) @ inv.T
-    (x1, y1), (x2, y2) = np.floor(corners.min(0)) - margin, np.ceil(corners.max(0)) + margin + 1
-    x1, y1 = int(min(max(x1, 0), iw - 1)), int(min(max(y1, 0), ih - 1))
-    return x1, y1, int(min(max(x2, x1 + 1), iw)), int(min(max(y2, y1 + 1), ih))
+    (a, b, c), (d, e, f) = m[:2].tolist()  # plain floats: a handful of scalar operations, no numpy overhead
+    det = a * e - b * d
+    if det == 0:
+        return 0, 0, iw, ih
+    xs, ys = [], []
+    for x, y in ((0, 0), (ow - 1, 0), (0, oh - 1), (ow - 1, oh - 1)):  # output corners -> source
+        xs.append((e * (x - c) - b * (y - f)) / det)
+        ys.append((a * (y - f) - d * (x - c)) / det)
+    x1 = min(max(math.floor(min(xs)) - margin, 0), iw - 1)
+    y1 = min(max(math.floor(min(ys)) - margin, 0), ih - 1)
+    x2 = min(max(math.ceil(max(xs)) + margin + 1, x1 + 1), iw)
+    y2 = min(max(math.ceil(max(ys)) + margin + 1, y1 + 1), ih)
+    return x1, y1, x2, y2
 
 
-def _close(a: np.ndarray, b) -> bool:
-    """``np.allclose(a, b)`` (same tolerances) without its overhead, for the few tiny arrays of one warp."""
-    b = np.asarray(b, dtype=np.float64)
-    return bool(np.all(np.abs(a - b) <= 1e-8 + 1e-5 * np.abs(b)))
+def _close(a: np.ndarray, b: tuple[float, ...]) -> bool:
+    """``np.allclose(a, b)`` (same tolerances) for a tiny array and the flat values ``b``, on plain floats."""
+    return all(abs(x - y) <= 1e-8 + 1e-5 * abs(y) for x, y in zip(a.ravel().tolist(), b, strict=True))
 
 
 def transform_targets(targets: Targets, m: np.ndarray) -> Targets:
@@ -89,6 +96,12 @@ def transform_targets(targets: Targets, m: np.ndarray) -> Targets:
     n = len(targets)
     if n == 0:
         return targets
+    (a, b01, c), (b10, e, f), persp = m.tolist()
+    if b01 == 0 and b10 == 0 and persp == [0, 0, 1]:
+        # scale and shift only (no rotation, shear or perspective): the mapped box is its own enclosing box
+        mapped = targets.boxes.astype(np.float64) * np.array([a, e, a, e]) + np.array([c, f, c, f])
+        lo, hi = np.minimum(mapped[:, :2], mapped[:, 2:]), np.maximum(mapped[:, :2], mapped[:, 2:])
+        return Targets(targets.cls, np.concatenate([lo, hi], axis=1).astype(np.float32), targets.ref_area * abs(a * e))
     b = targets.boxes.astype(np.float64)
     corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], axis=1).reshape(-1, 2)  # (4N, 2)
     xyz = np.concatenate([corners, np.ones((4 * n, 1))], axis=1) @ m.T

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from detector.data.crop_resize import paste
 from detector.data.geometry import PAD_VALUE
 from detector.data.targets import Targets
 
@@ -22,30 +23,29 @@ def mosaic4(parts: list[tuple[np.ndarray, Targets]], size: int, rng: np.random.G
     Returns a ``(2 * size, 2 * size, 3)`` canvas padded with 114 and the boxes moved onto it, each cut to the
     part of its image that is visible.
     """
-    return mosaic4_at(parts, size, mosaic_centre(size, rng))
+    canvas = np.empty((2 * size, 2 * size, 3), dtype=np.uint8)
+    return canvas, mosaic_into(canvas, (0, 0), parts, size, mosaic_centre(size, rng))
 
 
-def mosaic4_at(
+def mosaic_into(
+    out: np.ndarray,
+    origin: tuple[int, int],
     parts: list[tuple[np.ndarray, Targets]],
     size: int,
     centre: tuple[int, int],
-    window: tuple[int, int, int, int] | None = None,
-) -> tuple[np.ndarray, Targets]:
-    """``mosaic4`` around a given ``centre``; with ``window`` ``(x1, y1, x2, y2)`` only that part of the canvas is
-    filled in: the rest of the ``2 * size`` canvas is left uninitialised (whatever the memory held) and must not
-    be read. Boxes are those of the whole canvas either way.
+) -> Targets:
+    """Fill ``out`` (ndarray[h, w, 3] uint8) with the part of the mosaic canvas (``mosaic4`` around ``centre``)
+    that starts at canvas point ``origin`` ``(x, y)``; ``out`` may reach past the canvas (padding there too).
+    Returns the boxes of the whole canvas.
 
-    A warp that reads only part of the canvas (``geometry.source_window``: a zoom-in reads a third of it on
-    average) then costs only that part's fill and copies, and its pixels are exactly those of the whole canvas:
-    the canvas keeps its size, so the warp itself is the same call (a cropped canvas would change OpenCV's
-    float32 source coordinates and with them a few pixels).
+    Building only the part a warp reads saves most of the fill and copies: a view of a full-size canvas for
+    ``warp`` (``geometry.source_window``: the rest is never read, and the warpAffine call and its pixels stay
+    those of the whole canvas), or the crop a zoom-and-shift resizes (``crop_resize``).
     """
     if len(parts) != 4:
         raise ValueError(f"mosaic4 needs 4 images, got {len(parts)}")
     s2 = 2 * size
-    wx1, wy1, wx2, wy2 = window or (0, 0, s2, s2)
-    canvas = np.empty((s2, s2, 3), dtype=np.uint8)
-    canvas[wy1:wy2, wx1:wx2] = PAD_VALUE
+    out[...] = PAD_VALUE
     xc, yc = centre
     moved = []
     for k, (img, t) in enumerate(parts):
@@ -56,12 +56,8 @@ def mosaic4_at(
         x1b = w - (x2a - x1a) if k in (0, 2) else 0  # where the window starts inside the image
         y1b = h - (y2a - y1a) if k in (0, 1) else 0
         moved.append(t.scaled(1, 1, x1a - x1b, y1a - y1b).clipped(x1a, y1a, x2a, y2a))
-        # the part of this tile inside the built window, if any
-        cx1, cy1, cx2, cy2 = max(x1a, wx1), max(y1a, wy1), min(x2a, wx2), min(y2a, wy2)
-        if cx1 < cx2 and cy1 < cy2:
-            sx, sy = x1b + cx1 - x1a, y1b + cy1 - y1a
-            canvas[cy1:cy2, cx1:cx2] = img[sy : sy + cy2 - cy1, sx : sx + cx2 - cx1]
-    return canvas, Targets.concat(moved)
+        paste(out, origin, img[y1b : y1b + (y2a - y1a), x1b : x1b + (x2a - x1a)], (x1a, y1a))
+    return Targets.concat(moved)
 
 
 def mixup(

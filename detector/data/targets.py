@@ -37,10 +37,9 @@ class Targets:
 
     def clipped(self, x1: float, y1: float, x2: float, y2: float) -> Targets:
         """Boxes cut to the window ``(x1, y1, x2, y2)`` (``ref_area`` keeps the uncut size)."""
-        b = self.boxes.copy()
-        b[:, [0, 2]] = b[:, [0, 2]].clip(x1, x2)
-        b[:, [1, 3]] = b[:, [1, 3]].clip(y1, y2)
-        return Targets(self.cls, b, self.ref_area)
+        lo = np.array([x1, y1, x1, y1], dtype=self.boxes.dtype)
+        hi = np.array([x2, y2, x2, y2], dtype=self.boxes.dtype)
+        return Targets(self.cls, np.clip(self.boxes, lo, hi), self.ref_area)
 
     def select(self, keep: np.ndarray) -> Targets:
         return Targets(self.cls[keep], self.boxes[keep], self.ref_area[keep])
