@@ -163,8 +163,14 @@ def ultralytics_loader(args: argparse.Namespace):
 
 
 def our_train_loader(args: argparse.Namespace, workers: int | None = None):
-    """Our training loader with the same settings: ``(dataset, loader)``, mosaic on for many epochs."""
-    aug = AugmentConfig(mosaic=1.0, mixup=0.0)
+    """Our training loader with the same settings: ``(dataset, loader)``, mosaic on for many epochs (``--augment``
+    overrides applied)."""
+    import yaml
+
+    from detector.config import build
+
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.augment)}
+    aug = build(AugmentConfig, {"mosaic": 1.0, "mixup": 0.0, **overrides}, "augment")
     loader, ds = build_dataloader(
         args.data, args.split, imgsz=args.imgsz, batch=args.batch, augment=aug,
         workers=args.workers if workers is None else workers,
@@ -173,11 +179,12 @@ def our_train_loader(args: argparse.Namespace, workers: int | None = None):
     return ds, loader
 
 
-def compare_ultralytics(args: argparse.Namespace, rounds: int = 3) -> dict:
+def compare_ultralytics(args: argparse.Namespace) -> dict:
     """Ours vs Ultralytics' training loader on the same images: images/s (median of alternating rounds) and
     the CPU seconds one process spends per sample."""
     import statistics
 
+    load_start = os.getloadavg()
     ul_set, ul_loader = ultralytics_loader(args)
     our_set, our_loader = our_train_loader(args)
     streams = {"ours": _cycle(our_loader, our_set), "ultralytics": _cycle(ul_loader, None)}
@@ -185,21 +192,25 @@ def compare_ultralytics(args: argparse.Namespace, rounds: int = 3) -> dict:
     # each round first drains what the other loader's workers queued meanwhile (prefetch: 2-4 batches per
     # worker), so the timed batches are produced while this loader alone has the CPUs
     drain = max(args.warmup, 4 * max(args.workers, 1) + 2)
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         for k, it in streams.items():
             for _ in range(drain):
                 next(it)
             t0 = time.perf_counter()
             n = sum(len(next(it)["im_file" if k == "ultralytics" else "im_files"]) for _ in range(args.batches))
             rates[k].append(n / (time.perf_counter() - t0))
-    _, our_local = our_train_loader(args, workers=0)
-    cpu = {"ours": _cpu_per_sample(our_local), "ultralytics": _cpu_per_sample(ul_loader)}
+    passes = {"ours": _cpu_passes(our_train_loader(args, workers=0)[1]), "ultralytics": _cpu_passes(ul_loader)}
+    cpu: dict[str, list[float]] = {k: [] for k in passes}
+    for _ in range(args.rounds):  # alternating too
+        for k, one_pass in passes.items():
+            cpu[k].append(one_pass() * 1000)
     return {
         "images_per_s_median": {k: round(statistics.median(v), 1) for k, v in rates.items()},
         "images_per_s_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-        "cpu_ms_per_sample_one_process": {k: round(v * 1000, 2) for k, v in cpu.items()},
+        "cpu_ms_per_sample_one_process": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+        "cpu_ms_per_sample_rounds": {k: [round(x, 2) for x in v] for k, v in cpu.items()},
         "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
+        "ours_augment": args.augment, "load_average_start_end": [load_start, os.getloadavg()],
     }  # fmt: skip
 
 
@@ -317,7 +328,7 @@ def _ultralytics_stages(timer: StageTimer) -> None:
         timer.wrap(owner, name, stage)
 
 
-def profile(args: argparse.Namespace, n: int = 192, warmup: int = 48, rounds: int = 3) -> dict:
+def profile(args: argparse.Namespace, n: int = 192, warmup: int = 160) -> dict:
     """Per-stage CPU ms per sample, ours and (when importable) Ultralytics', in this process, in alternating
     rounds (median per stage); see the module docstring."""
     import statistics
@@ -332,7 +343,7 @@ def profile(args: argparse.Namespace, n: int = 192, warmup: int = 48, rounds: in
         pass
     runs: dict[str, list[dict]] = {k: [] for k in sides}
     real_info = vars(ours_collate)["get_worker_info"]
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         for name, (loader, stages) in sides.items():
             timer = StageTimer()
             stages(timer)
@@ -376,29 +387,34 @@ def _cycle(loader, dataset):
             dataset.set_epoch(epoch)
 
 
-def _cpu_per_sample(loader, n: int = 64, warmup: int = 32) -> float:
-    """CPU seconds per sample of ``dataset[i]`` + collate over ``loader``'s index batches in this process (OpenCV
-    on 1 thread): the median of 3 passes after ``warmup`` samples, so stores of recent decodes are in their
-    steady state."""
+def _cpu_per_sample(loader) -> float:
+    """CPU seconds per sample of ``dataset[i]`` + collate in this process: the median of 3 ``_cpu_passes``."""
     import statistics
 
+    one_pass = _cpu_passes(loader)
+    return statistics.median(one_pass() for _ in range(3))
+
+
+def _cpu_passes(loader, warmup: int = 160):
+    """A function timing one pass of 64 samples (``dataset[i]`` + collate over ``loader``'s index batches, in
+    this process, OpenCV on 1 thread) in CPU seconds per sample, after ``warmup`` samples, so stores of recent
+    decodes are in their steady state (Ultralytics' buffer holds the last 8 batches, 128 images at batch 16)."""
     import cv2
 
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
     batches = _index_batches(loader)
 
-    def one_pass(count: int) -> float:
+    def run(count: int) -> float:
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
         t0, done = time.process_time(), 0
         while done < count:
             done += len(idx := next(batches))
             loader.collate_fn([loader.dataset[i] for i in idx])
+        cv2.setNumThreads(threads)
         return (time.process_time() - t0) / done
 
-    one_pass(warmup)
-    result = statistics.median(one_pass(n) for _ in range(3))
-    cv2.setNumThreads(threads)
-    return result
+    run(warmup)
+    return lambda: run(64)
 
 
 def main() -> None:
@@ -410,6 +426,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batches", type=int, default=30, help="timed batches")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (--compare-ultralytics, --profile)")
+    p.add_argument(
+        "--augment",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="augment setting for our loader in --compare-ultralytics / --profile, e.g. resize_warp=false",
+    )
     p.add_argument("--cache", choices=["ram", "disk"], default=None)
     p.add_argument("--no-mosaic", action="store_true")
     p.add_argument("--mixup", type=float, default=0.0)
