@@ -96,8 +96,9 @@ class ImageCache:
         if self._ram is not None:
             if not bool(self._filled[i]):
                 return None
-            buf = self._ram[int(self.offsets[i]) : int(self.offsets[i + 1])].numpy()
-            return buf.reshape(h, w, 3).copy()  # augmentation writes in place; never into the cache
+            img = self._ram[int(self.offsets[i]) : int(self.offsets[i + 1])].numpy().reshape(h, w, 3)
+            img.flags.writeable = False  # no copy: the pipeline copies read-only images before writing in place
+            return img
         try:
             img = np.load(self._path(i), allow_pickle=False)
         except (OSError, ValueError):
