@@ -7,8 +7,9 @@ Geometry is hand-written with OpenCV because it measured much faster than the al
 with BCCD images at 640 on one core, albumentations ``Mosaic(target 2S) + Affine + CenterCrop`` ran at
 35 img/s against 76 img/s for ``mosaic4`` + one ``warpAffine`` from the 2S canvas straight to S x S (the
 albumentations version must warp the full 2S canvas). The warp is drawn before the canvas is built, so only
-the part of the canvas it reads is filled in (a third of it on average with ``scale`` 0.5; same pixels as
-filling the whole canvas), and a warp that only zooms and shifts is a crop and a resize (``resize_warp``). Photometric extras come from albumentations.
+what it shows is built: for a warp that only zooms and shifts, the crop that one ``cv2.resize`` scales
+(``resize_warp``, ``crop_resize``); otherwise the part of the full-size canvas ``warpAffine`` reads (a third of
+it on average with ``scale`` 0.5; same pixels as the whole canvas). Photometric extras come from albumentations.
 
 Every random draw comes from the ``numpy.random.Generator`` passed in, so a sample is a pure function of
 ``(seed, epoch, index)`` whatever worker computes it.
@@ -50,8 +51,7 @@ class AugmentConfig:
     decodes per sample). ``resize_warp``: a warp that only zooms and shifts (``degrees``, ``shear``,
     ``perspective`` 0) is one crop and one ``cv2.resize``, 3-5x faster than ``cv2.warpAffine``, with zoom and
     shift rounded to whole source pixels (``detector/data/crop_resize.py``); False: always ``warpAffine``.
-    ``min_box_size`` (px) and ``min_box_area`` (visible fraction) drop boxes that
-    augmentation made degenerate.
+    ``min_box_size`` (px) and ``min_box_area`` (visible fraction) drop boxes that augmentation made degenerate.
     """
 
     hsv_h: float = 0.015
@@ -165,7 +165,7 @@ class TrainAugment:
         pool: np.ndarray | None,
     ) -> tuple[np.ndarray, Targets]:
         cfg = self.cfg
-        parts = None
+        parts = None  # the warp is drawn before the mosaic is built, so only what it shows is built
         if mosaic and cfg.mosaic > 0 and rng.random() < cfg.mosaic:
             parts = [load(index)] + [load(j) for j in draw_partners(index, n, 3, rng, pool)]
             centre = mosaic_centre(self.imgsz, rng)
@@ -183,25 +183,49 @@ class TrainAugment:
             shear=cfg.shear,
             perspective=cfg.perspective,
         )
-        if cfg.resize_warp and is_zoom_shift(m):  # one crop and one resize (crop_resize)
-            x1, y1, x2, y2 = box = crop_box(m, out_shape)
-            if parts is None and x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
-                crop = img[y1:y2, x1:x2]  # inside the image: a view is enough
-            else:
-                crop = np.empty((y2 - y1, x2 - x1, 3), dtype=np.uint8)
-                if parts is not None:
-                    t = mosaic_into(crop, (x1, y1), parts, self.imgsz, centre)
-                else:
-                    crop[...] = PAD_VALUE
-                    paste(crop, (x1, y1), img, (0, 0))
-            img, t = resize_crop(crop, t, box, out_shape)
+        if parts is not None:
+            img, t = warp_mosaic(parts, self.imgsz, centre, m, out_shape, cfg.resize_warp)
         else:
-            if parts is not None:  # fill in only the part of the full-size canvas the warp reads
-                img = np.empty((h, w, 3), dtype=np.uint8)
-                x1, y1, x2, y2 = source_window(m, out_shape, (h, w))
-                t = mosaic_into(img[y1:y2, x1:x2], (x1, y1), parts, self.imgsz, centre)
-            img, t = warp(img, t, m, out_shape)
+            img, t = warp_image(img, t, m, out_shape, cfg.resize_warp)
         return img, t.usable(cfg.min_box_size, cfg.min_box_area)
+
+
+def warp_mosaic(
+    parts: list[tuple[np.ndarray, Targets]],
+    size: int,
+    centre: tuple[int, int],
+    m: np.ndarray,
+    out_shape: tuple[int, int],
+    resize_warp: bool,
+) -> tuple[np.ndarray, Targets]:
+    """The mosaic of ``parts`` around ``centre`` (``mosaic4`` canvas, ``2 * size`` square) warped by ``m`` into
+    ``out_shape``, building only the part of the canvas the warp shows: the crop a zoom-and-shift resizes
+    (``resize_warp``), or the part of a full-size canvas ``warpAffine`` reads."""
+    if resize_warp and is_zoom_shift(m):
+        x1, y1, x2, y2 = box = crop_box(m, out_shape)
+        crop = np.empty((y2 - y1, x2 - x1, 3), dtype=np.uint8)
+        return resize_crop(crop, mosaic_into(crop, (x1, y1), parts, size, centre), box, out_shape)
+    canvas = np.empty((2 * size, 2 * size, 3), dtype=np.uint8)
+    x1, y1, x2, y2 = source_window(m, out_shape, canvas.shape[:2])
+    t = mosaic_into(canvas[y1:y2, x1:x2], (x1, y1), parts, size, centre)
+    return warp(canvas, t, m, out_shape)
+
+
+def warp_image(
+    img: np.ndarray, t: Targets, m: np.ndarray, out_shape: tuple[int, int], resize_warp: bool
+) -> tuple[np.ndarray, Targets]:
+    """``img`` and its boxes warped by ``m`` into ``out_shape``: a crop (a view when inside the image, else padded)
+    and a resize for a zoom-and-shift with ``resize_warp``, else ``warp``."""
+    if not (resize_warp and is_zoom_shift(m)):
+        return warp(img, t, m, out_shape)
+    x1, y1, x2, y2 = box = crop_box(m, out_shape)
+    h, w = img.shape[:2]
+    if x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
+        crop = img[y1:y2, x1:x2]
+    else:
+        crop = np.full((y2 - y1, x2 - x1, 3), PAD_VALUE, dtype=np.uint8)
+        paste(crop, (x1, y1), img, (0, 0))
+    return resize_crop(crop, t, box, out_shape)
 
 
 def letterbox_sample(img: np.ndarray, t: Targets, shape: tuple[int, int]) -> tuple[np.ndarray, Targets]:

@@ -9,7 +9,9 @@ The batches are the sampler's: its epoch order (this rank's share) cut into runs
 loader makes. The sampler writes the order here in the main process when an epoch starts; the table lives in
 shared memory, so persistent workers read the new epoch's batches. A sample then depends on the seed, the
 epoch, its index and the batch size (the members of its batch), never on the number of workers or which one
-builds it. Batches are reshuffled every epoch, so an image's partners change every epoch too.
+builds it. Batches are reshuffled every epoch, so an image's partners change every epoch too (without
+shuffling, the batches stay the same and an image's partners come from the same 15 or so images every epoch,
+drawn anew each time).
 """
 
 from __future__ import annotations
