@@ -35,18 +35,21 @@ class KeyMapping:
 @dataclass
 class LoadReport:
     """What loading did, as lists of our keys: ``loaded``; ``reinitialised`` (class branches whose shape changed
-    with the class count); ``kept`` (ours the checkpoint does not hold, left as initialised); and ``ignored``, the
-    checkpoint's keys with no place in our model."""
+    with the class count); ``kept`` (ours the checkpoint does not hold, left as initialised); ``ignored``, the
+    checkpoint's keys with no place in our model; and ``resized``, those of ``loaded`` that their module resized
+    to this model's size (``resize_state``, e.g. an attention bias table for another map size)."""
 
     loaded: list[str]
     reinitialised: list[str]
     kept: list[str]
     ignored: list[str]
+    resized: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        resized = f" ({len(self.resized)} of them resized to this model)" if self.resized else ""
         return (
-            f"{len(self.loaded)} tensors loaded, {len(self.reinitialised)} re-initialised (class count changed), "
-            f"{len(self.kept)} not in the checkpoint, {len(self.ignored)} ignored"
+            f"{len(self.loaded)} tensors loaded{resized}, {len(self.reinitialised)} re-initialised (class count "
+            f"changed), {len(self.kept)} not in the checkpoint, {len(self.ignored)} ignored"
         )
 
 
