@@ -24,12 +24,15 @@ class UnmappedKey(DetectorError):
 class KeyMapping:
     """``map_key(their_key) -> our_key``; ``drop(their_key)`` is True for tensors with no counterpart by design
     (e.g. a YOLOv9 auxiliary branch going into a GELAN model); ``classifier`` are our key prefixes of the class
-    branches, which a checkpoint for another class count may not fill."""
+    branches, which a checkpoint for another class count may not fill; ``prepare(their_state) -> their_state``
+    rewrites tensors that have no one-to-one counterpart before the keys are mapped (e.g. LSNet's two distilled
+    classifiers folded into the one of ours)."""
 
     name: str
     map_key: Callable[[str], str]
     drop: Callable[[str], bool] = field(default=lambda key: False)
     classifier: tuple[str, ...] = ()
+    prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = field(default=lambda state: state)
 
 
 @dataclass
@@ -57,7 +60,7 @@ def map_state_dict(mapping: KeyMapping, theirs: dict[str, torch.Tensor]) -> tupl
     """Their state dict in our keys, and the keys dropped by design. Raises ``UnmappedKey`` listing every key
     no rule knows (at most 10 shown)."""
     ours, dropped, unknown = {}, [], []
-    for k, v in theirs.items():
+    for k, v in mapping.prepare(theirs).items():
         if mapping.drop(k):
             dropped.append(k)
             continue
