@@ -119,6 +119,8 @@ def test_lsnet_key_failures(tmp_path):
         convert(tmp_path / "t.pth", tmp_path / "o.pt", model="lsnet-s-cls")
     with pytest.raises(DetectorError, match="give model=.*lsnet-t-cls"):
         convert(tmp_path / "t.pth", tmp_path / "o.pt")
+    with pytest.raises(DetectorError, match="not into the detector 'lsnet-t-gelan'.*weights="):
+        convert(tmp_path / "t.pth", tmp_path / "o.pt", model="lsnet-t-gelan")
     _, distilled, _ = _reference("lsnet_t_distill")
     torch.save({"model": {k: v for k, v in distilled.items() if k != "head_dist.bn.running_var"}}, tmp_path / "d.pth")
     with pytest.raises(UnmappedKey, match="distilled LSNet checkpoint without head_dist.bn.running_var"):

@@ -27,9 +27,11 @@ import math
 import re
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detector.convert.mapping import KeyMapping, UnmappedKey
+from detector.errors import DetectorError
+from detector.nn.classify import Classify
 
 BN_EPS = 1e-5  # their BatchNorm1d (and ours in Classify): PyTorch's default
 _BN = ("weight", "bias", "running_mean", "running_var")
@@ -115,9 +117,15 @@ def fold_distilled_heads(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {**rest, **head}
 
 
-def lsnet_mapping(keys: list[str], model=None) -> KeyMapping:
-    """The key mapping of one LSNet state dict (``keys``) onto our ``lsnet-*-cls`` (``model`` is not needed);
-    a distilled one's two classifiers are folded into one first (``fold_distilled_heads``)."""
+def lsnet_mapping(keys: list[str], model: nn.Module | None = None) -> KeyMapping:
+    """The key mapping of one LSNet state dict (``keys``) onto our ``lsnet-*-cls`` (``model``, when given, must be
+    a classifier); a distilled one's two classifiers are folded into one first (``fold_distilled_heads``)."""
+    if model is not None and not isinstance(getattr(model, "main_head", None), Classify):
+        raise DetectorError(
+            f"an LSNet ImageNet checkpoint converts into lsnet-t-cls / lsnet-s-cls / lsnet-b-cls, not into the "
+            f"detector {getattr(model, 'yaml', {}).get('name', '')!r}; convert it into the -cls model of its scale "
+            f"and start the detector from that file: detector train model=... weights=CONVERTED.pt"
+        )
 
     def map_key(key: str) -> str:
         for theirs, ours in _HEAD.items():
