@@ -239,3 +239,21 @@ def test_yolov9_key_mapping_is_complete_and_strict():
             yolov9_mapping(["model.0.conv.weight", "model.3.cv9.x"], build_model("gelan-t")),
             {"model.0.conv.weight": torch.zeros(1), "model.3.cv9.x": torch.zeros(1), "model.22.foo.1": torch.zeros(1)},
         )
+
+
+def test_convert_keeps_the_checkpoints_class_count(tmp_path):
+    """A checkpoint trained on 5 classes converts into a 5-class model (its class branch loaded, not dropped),
+    whatever class count the zoo file says."""
+    torch.manual_seed(0)
+    ref = timm.create_model("ese_vovnet19b_dw", num_classes=5).eval()
+    randomize_norms(ref)
+    out, report = convert(_save(ref.state_dict(), tmp_path), tmp_path / "o.pt", model="vovnet19-dw-cls")
+    assert not report.reinitialised and len(report.loaded) == len(ref.state_dict())
+    ck = load_checkpoint(out)
+    assert ck["model_yaml"]["nc"] == 5 and len(ck["names"]) == 5
+    model = model_from_checkpoint(out, deploy=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        probs = model(x)
+    probs = probs["main"] if isinstance(probs, dict) else probs
+    assert torch.allclose(probs, ref(x).softmax(1), atol=1e-5)

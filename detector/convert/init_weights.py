@@ -14,19 +14,9 @@ import torch
 from torch import nn
 
 from detector.checkpoint import load_checkpoint
+from detector.convert.class_count import class_dependent_keys
 from detector.convert.mapping import LoadReport
 from detector.errors import DetectorError
-
-
-def class_dependent_keys(model_yaml: dict) -> set[str]:
-    """State-dict keys whose shape depends on ``nc`` (the class branches) for this model dict."""
-    from detector.model import DetectionModel
-
-    nc = int(model_yaml.get("nc", 80))
-    with torch.device("meta"):
-        a = DetectionModel({**model_yaml, "nc": nc}).state_dict()
-        b = DetectionModel({**model_yaml, "nc": nc + 1}).state_dict()
-    return {k for k in a if k in b and a[k].shape != b[k].shape}
 
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
