@@ -48,7 +48,8 @@ SOURCES: dict[str, Source] = {
         "yolov9-official",
         lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
         yolov9_mapping,
-        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
+        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e", "gelan-t", "gelan-s", "gelan-m", "gelan-c",
+         "gelan-e"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
