@@ -296,3 +296,20 @@ def test_convert_keeps_the_checkpoints_class_count(tmp_path):
         probs = model(x)
     probs = probs["main"] if isinstance(probs, dict) else probs
     assert torch.allclose(probs, ref(x).softmax(1), atol=1e-5)
+
+
+def test_weights_from_80_classes_into_3_where_hidden_class_widths_follow_nc(tmp_path):
+    """gelan-t sizes its class branch's hidden layers from nc (80 classes: wider than 3), so coming from a COCO
+    checkpoint those layers start fresh too, and every other tensor is loaded."""
+    from detector.checkpoint import save_checkpoint
+    from detector.model import load_model_dict
+
+    src = build_model("gelan-t", nc=80)
+    save_checkpoint({"model": src.state_dict(), "model_yaml": load_model_dict("gelan-t", 80),
+                     "names": [str(i) for i in range(80)]}, tmp_path / "coco.pt")  # fmt: skip
+    model = build_model("gelan-t", nc=3)
+    report = load_weights(model, tmp_path / "coco.pt")
+    hidden = [k for k in report.reinitialised if ".cls.0.0." in k]
+    assert hidden and set(report.reinitialised) == class_dependent_keys(model.yaml, 80)
+    assert len(report.loaded) + len(report.reinitialised) == len(model.state_dict()) and not report.kept
+    assert all(torch.equal(model.state_dict()[k], src.state_dict()[k]) for k in report.loaded)

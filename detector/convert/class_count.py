@@ -16,10 +16,13 @@ def _meta_shapes(model_yaml: dict, nc: int) -> dict[str, torch.Size]:
         return {k: v.shape for k, v in DetectionModel({**model_yaml, "nc": nc}).state_dict().items()}
 
 
-def class_dependent_keys(model_yaml: dict) -> set[str]:
-    """State-dict keys whose shape depends on ``nc`` (the class branches) for this model dict."""
+def class_dependent_keys(model_yaml: dict, other_nc: int | None = None) -> set[str]:
+    """State-dict keys whose shape differs between this model dict and the same model for ``other_nc`` classes
+    (default: one class more). Give the other class count when it is known: some heads size their hidden class
+    branch layers from ``nc`` too (e.g. ``max(width, min(nc, 100))``), so which layers change depends on both."""
     nc = int(model_yaml.get("nc", 80))
-    a, b = _meta_shapes(model_yaml, nc), _meta_shapes(model_yaml, nc + 1)
+    other = nc + 1 if other_nc is None or other_nc == nc else other_nc
+    a, b = _meta_shapes(model_yaml, nc), _meta_shapes(model_yaml, other)
     return {k for k in a if k in b and a[k] != b[k]}
 
 

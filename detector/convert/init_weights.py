@@ -19,6 +19,11 @@ from detector.convert.mapping import LoadReport
 from detector.errors import DetectorError
 
 
+def _class_count(ckpt: dict) -> int | None:
+    nc = (ckpt.get("model_yaml") or {}).get("nc")
+    return int(nc) if nc is not None else (len(ckpt["names"]) if ckpt.get("names") else None)
+
+
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Load the (EMA) weights of checkpoint ``path`` into ``model`` by name; see the module docstring."""
     try:
@@ -33,7 +38,7 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         )
     theirs: dict[str, torch.Tensor] = ckpt["model"]
     own = model.state_dict()
-    by_class = class_dependent_keys(model.yaml)
+    by_class = class_dependent_keys(model.yaml, _class_count(ckpt))
     load, reinit, wrong = {}, [], []
     for k, v in theirs.items():
         if k not in own:
