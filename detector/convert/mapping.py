@@ -24,12 +24,14 @@ class UnmappedKey(DetectorError):
 class KeyMapping:
     """``map_key(their_key) -> our_key``; ``drop(their_key)`` is True for tensors with no counterpart by design
     (e.g. a YOLOv9 auxiliary branch going into a GELAN model); ``classifier`` are our key prefixes of the class
-    branches, which a checkpoint for another class count may not fill."""
+    branches, which a checkpoint for another class count may not fill; ``value(their_key, tensor)`` rewrites a
+    tensor whose convention differs from ours (e.g. a stem conv of a model fed 0..255 pixels, ours 0..1)."""
 
     name: str
     map_key: Callable[[str], str]
     drop: Callable[[str], bool] = field(default=lambda key: False)
     classifier: tuple[str, ...] = ()
+    value: Callable[[str, torch.Tensor], torch.Tensor] = field(default=lambda key, tensor: tensor)
 
 
 @dataclass
@@ -59,7 +61,7 @@ def map_state_dict(mapping: KeyMapping, theirs: dict[str, torch.Tensor]) -> tupl
             dropped.append(k)
             continue
         try:
-            ours[mapping.map_key(k)] = v
+            ours[mapping.map_key(k)] = mapping.value(k, v)
         except UnmappedKey:
             unknown.append(k)
     if unknown:
