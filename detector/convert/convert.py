@@ -17,6 +17,7 @@ import torch
 from detector import __version__
 from detector.checkpoint import save_checkpoint
 from detector.config import ConfigError
+from detector.convert.damoyolo_official import damoyolo_mapping, is_damoyolo
 from detector.convert.mapping import KeyMapping, LoadReport, apply
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
@@ -48,6 +49,12 @@ SOURCES: dict[str, Source] = {
         lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
         yolov9_mapping,
         ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
+    ),
+    "damoyolo-official": Source(
+        "damoyolo-official",
+        lambda keys, arch: is_damoyolo(keys),
+        damoyolo_mapping,
+        ("damoyolo-t", "damoyolo-s", "damoyolo-m", "damoyolo-l"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
