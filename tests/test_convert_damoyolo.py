@@ -114,6 +114,21 @@ def test_damoyolo_key_failures_are_loud(tmp_path):
     assert len(report.loaded) == len(sd) - 1
 
 
+def test_damoyolo_legacy_head_drops_its_extra_class_channel(tmp_path):
+    """Files from before DAMO-YOLO v0.3.0 (head legacy=True) have 81 class channels for 80 classes; their eval
+    slices the last off (the upstream legacy model with these weights gives the fixture's outputs exactly,
+    checked beside their code), so the conversion drops it and the outputs still equal the fixture's."""
+    _, arrays = _fixture("damoyolo-t")
+    sd = _upstream_file("damoyolo-t", tmp_path / "t.pth")
+    g = torch.Generator().manual_seed(5)
+    for k in [k for k in sd if k.startswith("head.gfl_cls.")]:
+        sd[k] = torch.cat((sd[k], torch.randn((1, *sd[k].shape[1:]), generator=g)))
+    torch.save({"model": sd}, tmp_path / "legacy.pth")
+    out, report = convert(tmp_path / "legacy.pth", tmp_path / "ours.pt", model="damoyolo-t")
+    assert not report.reinitialised and len(report.loaded) == len(sd) - 1
+    _assert_equal_to_upstream(model_from_checkpoint(out, deploy=False), arrays)
+
+
 def test_damoyolo_class_count_change(tmp_path):
     """weights= from the converted 80-class file into a 3-class damoyolo-t: the three class convs (weight and
     bias) start fresh, everything else is loaded, so the box distributions still equal the upstream ones."""

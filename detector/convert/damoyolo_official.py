@@ -23,8 +23,10 @@ Their modules and ours, part by part (``{i}``/``{j}``/``{k}`` are the same index
 A conv-BN is ``conv1``/``bn1`` in their backbone's plain convs and ``conv``/``bn`` elsewhere; ours is always
 ``conv``/``bn``. ``head.integral.project`` (the fixed GFL bin positions 0..16) is dropped: ours computes the
 expectation itself. Their model reads 0..255 RGB pixels (no normalisation), ours 0..1, so the stem conv's
-weight is multiplied by 255 (it is followed by BatchNorm with no bias in between: exact). A DDP ``module.``
-prefix is accepted. Any other key fails loudly.
+weight is multiplied by 255 (it is followed by BatchNorm with no bias in between: exact). Files from before
+their v0.3.0 (March 2023, head ``legacy=True``) have one class channel more than classes (81 for COCO), which
+their eval slices off: a class conv with ``nc + 1`` outputs loses its last one. A DDP ``module.`` prefix is
+accepted. Any other key fails loudly.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from detector.nn.zerohead import ZeroHead
 
 PIXEL_SCALE = 255.0  # their input range 0..255, ours 0..1
 STEM = re.compile(r"backbone\.(?:block_list|csp_stage)\.0\.conv\.conv\.weight")
+LEGACY_CLS = re.compile(r"head\.gfl_cls\.\d+\.(?:weight|bias)")
 
 # their neck node -> our tag; their stride-2 neck conv -> (our node tag, resampler index)
 NODES = {"merge_3": "N5", "merge_4": "N4", "merge_5": "P3", "merge_7": "P4", "merge_6": "P5"}
@@ -163,7 +166,12 @@ def damoyolo_mapping(keys: list[str], model: nn.Module) -> KeyMapping:
         return parts[part](key, rest)
 
     def value(key: str, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor * PIXEL_SCALE if STEM.fullmatch(_strip(key)) else tensor
+        key = _strip(key)
+        if STEM.fullmatch(key):
+            return tensor * PIXEL_SCALE
+        if LEGACY_CLS.fullmatch(key) and tensor.shape[0] == model.nc + 1:
+            return tensor[: model.nc]  # a "legacy" head's extra class channel, which their eval slices off
+        return tensor
 
     return KeyMapping(
         "damoyolo-official",
