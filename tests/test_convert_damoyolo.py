@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _engine_kit import REPO
+from _engine_kit import REPO, bccd_subset, tiny_config
 from damoyolo_kit import damoyolo_reference_weights
 
 from detector.checkpoint import load_checkpoint, model_from_checkpoint
@@ -18,6 +18,7 @@ from detector.convert import UnmappedKey, convert
 from detector.convert.damoyolo_official import damoyolo_mapping
 from detector.convert.init_weights import load_weights
 from detector.convert.mapping import map_state_dict
+from detector.engine.trainer import Trainer
 from detector.errors import DetectorError
 from detector.model import build_model
 
@@ -131,7 +132,8 @@ def test_damoyolo_legacy_head_drops_its_extra_class_channel(tmp_path):
 
 def test_damoyolo_class_count_change(tmp_path):
     """weights= from the converted 80-class file into a 3-class damoyolo-t: the three class convs (weight and
-    bias) start fresh, everything else is loaded, so the box distributions still equal the upstream ones."""
+    bias) start fresh, everything else is loaded, so the box distributions still equal the upstream ones; a
+    BCCD training run starts from it and logs the counts."""
     _, arrays = _fixture("damoyolo-t")
     _upstream_file("damoyolo-t", tmp_path / "theirs.pth")
     out, _ = convert(tmp_path / "theirs.pth", tmp_path / "ours.pt", model="damoyolo-t")
@@ -145,6 +147,11 @@ def test_damoyolo_class_count_change(tmp_path):
         assert b.shape[1] == REG + 3
         assert (torch.from_numpy(arrays[f"raw_{i}"][:, :REG]) - b[:, :REG]).abs().max() <= 1e-4
     assert dec.shape[1] == 4 + 3
+
+    data = bccd_subset(tmp_path / "bccd", 2)  # 3 classes: the run starts from the converted weights
+    Trainer(tiny_config(tmp_path, data, model="damoyolo-t", epochs=1, imgsz=64, weights=str(out))).train()
+    log = (tmp_path / "runs" / "exp" / "train.log").read_text()
+    assert f"{len(report.loaded)} tensors loaded, 6 re-initialised (class count changed)" in log
 
 
 def test_detector_convert_cli_on_an_upstream_checkpoint(tmp_path, capsys):
