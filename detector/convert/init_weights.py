@@ -14,19 +14,14 @@ import torch
 from torch import nn
 
 from detector.checkpoint import load_checkpoint
+from detector.convert.class_count import class_dependent_keys
 from detector.convert.mapping import LoadReport
 from detector.errors import DetectorError
 
 
-def class_dependent_keys(model_yaml: dict) -> set[str]:
-    """State-dict keys whose shape depends on ``nc`` (the class branches) for this model dict."""
-    from detector.model import DetectionModel
-
-    nc = int(model_yaml.get("nc", 80))
-    with torch.device("meta"):
-        a = DetectionModel({**model_yaml, "nc": nc}).state_dict()
-        b = DetectionModel({**model_yaml, "nc": nc + 1}).state_dict()
-    return {k for k in a if k in b and a[k].shape != b[k].shape}
+def _class_count(ckpt: dict) -> int | None:
+    nc = (ckpt.get("model_yaml") or {}).get("nc")
+    return int(nc) if nc is not None else (len(ckpt["names"]) if ckpt.get("names") else None)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
@@ -43,7 +38,7 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         )
     theirs: dict[str, torch.Tensor] = ckpt["model"]
     own = model.state_dict()
-    by_class = class_dependent_keys(model.yaml)
+    by_class = class_dependent_keys(model.yaml, _class_count(ckpt))
     load, reinit, wrong = {}, [], []
     for k, v in theirs.items():
         if k not in own:
