@@ -130,6 +130,20 @@ def test_damoyolo_legacy_head_drops_its_extra_class_channel(tmp_path):
     _assert_equal_to_upstream(model_from_checkpoint(out, deploy=False), arrays)
 
 
+def test_damoyolo_checkpoint_for_other_classes_keeps_them(tmp_path):
+    """A file trained on 3 classes (their class convs have 3 outputs) converts into a 3-class damoyolo-t whose
+    maps equal the upstream ones channel for channel (the 80-class fixture's first 3 class logits)."""
+    _, arrays = _fixture("damoyolo-t")
+    sd = _upstream_file("damoyolo-t", tmp_path / "t.pth")
+    torch.save({"model": {k: v[:3] if k.startswith("head.gfl_cls.") else v for k, v in sd.items()}}, tmp_path / "3.pth")
+    out, report = convert(tmp_path / "3.pth", tmp_path / "ours.pt", model="damoyolo-t")
+    ckpt = load_checkpoint(out)
+    assert ckpt["model_yaml"]["nc"] == 3 and ckpt["names"] == ["0", "1", "2"] and not report.reinitialised
+    raw, _ = _outputs(model_from_checkpoint(out, deploy=False), torch.from_numpy(arrays["x"]))
+    for i, b in enumerate(raw):
+        assert (torch.from_numpy(arrays[f"raw_{i}"][:, : REG + 3]) - b).abs().max() <= 1e-4
+
+
 def test_damoyolo_class_count_change(tmp_path):
     """weights= from the converted 80-class file into a 3-class damoyolo-t: the three class convs (weight and
     bias) start fresh, everything else is loaded, so the box distributions still equal the upstream ones; a
