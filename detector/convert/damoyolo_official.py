@@ -32,6 +32,7 @@ accepted. Any other key fails loudly.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ def _rep(branch: str) -> str:
 
 
 # one NAS residual block (ResConvBlock) or the SPPBottleneck sharing its list, relative to the block
-_BLOCK_RULES: list[tuple[re.Pattern, object]] = [
+_BLOCK_RULES: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [
     (re.compile(rf"conv1\.{_CONV1_BN1}"), lambda m: "conv1." + _cb(m)),
     (re.compile(rf"conv2\.(?P<b>rbr_dense|rbr_1x1)\.{_CONV_BN}"), lambda m: f"conv2.{_rep(m['b'])}." + _cb(m)),
     (re.compile(rf"residual_proj\.{_CONV1_BN1}"), lambda m: "proj." + _cb(m)),
@@ -74,7 +75,7 @@ _BLOCK_RULES: list[tuple[re.Pattern, object]] = [
 ]
 
 # one RepGFPN node (their CSPStage), relative to the node
-_NODE_RULES: list[tuple[re.Pattern, object]] = [
+_NODE_RULES: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [
     (re.compile(rf"conv(?P<n>[123])\.{_CONV_BN}"), lambda m: f"cv{m['n']}." + _cb(m)),
     (re.compile(rf"convs\.(?P<k>\d+)\.conv1\.{_CONV_BN}"), lambda m: f"blocks.{m['k']}.conv." + _cb(m)),
     (
@@ -84,10 +85,10 @@ _NODE_RULES: list[tuple[re.Pattern, object]] = [
 ]
 
 
-def _first(rules: list[tuple[re.Pattern, object]], rest: str) -> str | None:
+def _first(rules: list[tuple[re.Pattern, Callable[[re.Match], str]]], rest: str) -> str | None:
     for pattern, ours in rules:
         if m := pattern.fullmatch(rest):
-            return ours(m)  # type: ignore[operator]
+            return ours(m)
     return None
 
 
