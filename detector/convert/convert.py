@@ -18,6 +18,7 @@ from detector import __version__
 from detector.checkpoint import save_checkpoint
 from detector.config import ConfigError
 from detector.convert.class_count import checkpoint_class_count
+from detector.convert.damoyolo_official import damoyolo_mapping, is_damoyolo
 from detector.convert.lsnet_official import lsnet_mapping
 from detector.convert.mapping import KeyMapping, LoadReport, apply, map_state_dict
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
@@ -57,6 +58,12 @@ SOURCES: dict[str, Source] = {
         yolov9_mapping,
         ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e", "gelan-t", "gelan-s", "gelan-m", "gelan-c",
          "gelan-e"),
+    ),
+    "damoyolo-official": Source(
+        "damoyolo-official",
+        lambda keys, arch: is_damoyolo(keys),
+        damoyolo_mapping,
+        ("damoyolo-t", "damoyolo-s", "damoyolo-m", "damoyolo-l"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""

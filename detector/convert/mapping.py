@@ -26,7 +26,7 @@ class KeyMapping:
     (e.g. a YOLOv9 auxiliary branch going into a GELAN model); ``classifier`` are our key prefixes of the class
     branches, which a checkpoint for another class count may not fill; ``prepare(their_state) -> their_state``
     rewrites tensors that have no one-to-one counterpart before the keys are mapped (e.g. LSNet's two distilled
-    classifiers folded into the one of ours)."""
+    classifiers folded into the one of ours, or a stem conv of a model fed 0..255 pixels scaled for our 0..1)."""
 
     name: str
     map_key: Callable[[str], str]
