@@ -18,14 +18,17 @@ from detector.convert.mapping import LoadReport
 from detector.errors import DetectorError
 
 
-def class_dependent_keys(model_yaml: dict) -> set[str]:
-    """State-dict keys whose shape depends on ``nc`` (the class branches) for this model dict."""
+def class_dependent_keys(model_yaml: dict, other_nc: int | None = None) -> set[str]:
+    """State-dict keys whose shape differs between this model dict and the same model for ``other_nc`` classes
+    (default ``nc + 1``). Compare against the checkpoint's own class count: a head whose hidden class width
+    follows ``nc`` (DDetect: ``max(c_P3, min(2 nc, 128))``) changes more than its last layer from 80 to 3 classes."""
     from detector.model import DetectionModel
 
     nc = int(model_yaml.get("nc", 80))
+    other = nc + 1 if other_nc is None or int(other_nc) == nc else int(other_nc)
     with torch.device("meta"):
         a = DetectionModel({**model_yaml, "nc": nc}).state_dict()
-        b = DetectionModel({**model_yaml, "nc": nc + 1}).state_dict()
+        b = DetectionModel({**model_yaml, "nc": other}).state_dict()
     return {k for k in a if k in b and a[k].shape != b[k].shape}
 
 
@@ -43,7 +46,8 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         )
     theirs: dict[str, torch.Tensor] = ckpt["model"]
     own = model.state_dict()
-    by_class = class_dependent_keys(model.yaml)
+    theirs_nc = (ckpt.get("model_yaml") or {}).get("nc") or len(ckpt.get("names") or ()) or None
+    by_class = class_dependent_keys(model.yaml, theirs_nc)
     load, reinit, wrong = {}, [], []
     for k, v in theirs.items():
         if k not in own:
