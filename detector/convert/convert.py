@@ -20,6 +20,7 @@ from detector.config import ConfigError
 from detector.convert.mapping import KeyMapping, LoadReport, apply
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
+from detector.convert.ultralytics_yolov9 import is_ultralytics_yolov9, ultralytics_yolov9_mapping
 from detector.convert.yolov9_official import yolov9_mapping
 from detector.errors import DetectorError
 
@@ -48,6 +49,12 @@ SOURCES: dict[str, Source] = {
         lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
         yolov9_mapping,
         ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
+    ),
+    "ultralytics-yolov9": Source(
+        "ultralytics-yolov9",
+        is_ultralytics_yolov9,
+        ultralytics_yolov9_mapping,
+        ("yolov9t-ul", "yolov9s-ul", "yolov9m-ul", "yolov9c-ul", "yolov9e-ul"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
