@@ -129,6 +129,24 @@ def test_class_count_change(tmp_path):
     assert torch.equal(own[k], converted[k])
 
 
+def test_checkpoint_of_another_class_count_converts_with_fresh_class_branches(tmp_path):
+    """Their checkpoint fine-tuned on 3 classes, converted into the 80-class yolov9t-ul: the class branches whose
+    shape changed keep their initialisation and are reported, every other tensor is theirs."""
+    keys = [k for k, _ in _fixture("t")[0]["keys"]]
+    with torch.device("meta"):
+        three = build_model("yolov9t-ul", nc=3)
+    to_ours = ultralytics_yolov9_mapping(keys, three).map_key
+    shapes3 = {k: v.shape for k, v in three.state_dict().items()}
+    keys3 = [(k, [1, 16, 1, 1] if ".dfl." in k else list(shapes3[to_ours(k)])) for k in keys]
+    torch.save(_theirs(keys3), tmp_path / "three.pt")
+    out, report = convert(tmp_path / "three.pt", tmp_path / "ours.pt", "yolov9t-ul", "ultralytics-yolov9")
+    own = build_model("yolov9t-ul").state_dict()
+    changed = {k for k, s in shapes3.items() if own[k].shape != s}
+    assert set(report.reinitialised) == changed and changed and all(k.startswith("layers.22.cls.") for k in changed)
+    assert len(report.loaded) == len(own) - len(changed) and not report.kept
+    assert load_checkpoint(out)["names"] == [str(i) for i in range(80)]  # their 3 names do not fit 80 classes
+
+
 # A stand-in for their package, importable only by the process that writes the checkpoint: their class path
 # and the attributes their released files carry (names dict, yaml, stride, args as a dict after strip_optimizer).
 THEIR_PACKAGE = """
