@@ -2,7 +2,7 @@
 ``detector convert``), with a report of what was loaded, what was re-initialised and what was ignored.
 
 Tensors are matched by name. A tensor whose shape changed because the class count changed (found by building
-the model once more with another class count on the meta device, so no head needs a hand-written list) keeps
+the model once more with the checkpoint's class count on the meta device, so no head needs a hand-written list) keeps
 its fresh initialisation; any other shape change is an error, since it means a different architecture.
 """
 
