@@ -17,7 +17,8 @@ import torch
 from detector import __version__
 from detector.checkpoint import save_checkpoint
 from detector.config import ConfigError
-from detector.convert.mapping import KeyMapping, LoadReport, apply
+from detector.convert.class_count import checkpoint_class_count
+from detector.convert.mapping import KeyMapping, LoadReport, apply, map_state_dict
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
 from detector.convert.ultralytics_yolov9 import is_ultralytics_yolov9, ultralytics_yolov9_mapping
@@ -48,7 +49,8 @@ SOURCES: dict[str, Source] = {
         "yolov9-official",
         lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
         yolov9_mapping,
-        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
+        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e", "gelan-t", "gelan-s", "gelan-m", "gelan-c",
+         "gelan-e"),
     ),
     "ultralytics-yolov9": Source(
         "ultralytics-yolov9",
@@ -125,8 +127,12 @@ def convert(
         )
     cfg = load_model_dict(model)
     net = build_model(cfg)
-    report = apply(kind.mapping(list(foreign.state), net), foreign.state, net, strict=True)
-    nc = int(cfg.get("nc", 80))
+    mapping = kind.mapping(list(foreign.state), net)
+    nc = checkpoint_class_count(cfg, map_state_dict(mapping, foreign.state)[0]) or int(cfg.get("nc", 80))
+    if nc != int(cfg.get("nc", 80)):  # a checkpoint trained on other classes keeps its class branches
+        cfg["nc"] = nc
+        net = build_model(cfg)
+    report = apply(mapping, foreign.state, net, strict=True)
     names = foreign.names if foreign.names and len(foreign.names) == nc else [str(i) for i in range(nc)]
     out = Path(out) if out else Path(src).with_name(f"{Path(src).stem}-{model}.pt")
     ckpt = {

@@ -2,7 +2,7 @@
 ``detector convert``), with a report of what was loaded, what was re-initialised and what was ignored.
 
 Tensors are matched by name. A tensor whose shape changed because the class count changed (found by building
-the model once more with the checkpoint's class count on the meta device, so no head needs a hand-written list) keeps
+the model once more with another class count on the meta device, so no head needs a hand-written list) keeps
 its fresh initialisation; any other shape change is an error, since it means a different architecture.
 """
 
@@ -14,22 +14,14 @@ import torch
 from torch import nn
 
 from detector.checkpoint import load_checkpoint
+from detector.convert.class_count import class_dependent_keys
 from detector.convert.mapping import LoadReport
 from detector.errors import DetectorError
 
 
-def class_dependent_keys(model_yaml: dict, other_nc: int | None = None) -> set[str]:
-    """State-dict keys whose shape differs between this model dict and the same model for ``other_nc`` classes
-    (default ``nc + 1``). Compare against the checkpoint's own class count: a head whose hidden class width
-    follows ``nc`` (DDetect: ``max(c_P3, min(2 nc, 128))``) changes more than its last layer from 80 to 3 classes."""
-    from detector.model import DetectionModel
-
-    nc = int(model_yaml.get("nc", 80))
-    other = nc + 1 if other_nc is None or int(other_nc) == nc else int(other_nc)
-    with torch.device("meta"):
-        a = DetectionModel({**model_yaml, "nc": nc}).state_dict()
-        b = DetectionModel({**model_yaml, "nc": other}).state_dict()
-    return {k for k in a if k in b and a[k].shape != b[k].shape}
+def _class_count(ckpt: dict) -> int | None:
+    nc = (ckpt.get("model_yaml") or {}).get("nc")
+    return int(nc) if nc is not None else (len(ckpt["names"]) if ckpt.get("names") else None)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
@@ -46,8 +38,7 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         )
     theirs: dict[str, torch.Tensor] = ckpt["model"]
     own = model.state_dict()
-    theirs_nc = (ckpt.get("model_yaml") or {}).get("nc") or len(ckpt.get("names") or ()) or None
-    by_class = class_dependent_keys(model.yaml, theirs_nc)
+    by_class = class_dependent_keys(model.yaml, _class_count(ckpt))
     load, reinit, wrong = {}, [], []
     for k, v in theirs.items():
         if k not in own:
