@@ -18,6 +18,7 @@ from detector import __version__
 from detector.checkpoint import save_checkpoint
 from detector.config import ConfigError
 from detector.convert.class_count import checkpoint_class_count
+from detector.convert.lsnet_official import lsnet_mapping
 from detector.convert.mapping import KeyMapping, LoadReport, apply, map_state_dict
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
@@ -44,6 +45,12 @@ SOURCES: dict[str, Source] = {
         timm_vovnet_mapping,
         ("vovnet39-v1-cls", "vovnet57-v1-cls", "vovnet19-dw-cls", "vovnet19-slim-dw-cls", "ese-vovnet39b-cls",
          "ese-vovnet57b-cls"),
+    ),
+    "lsnet-official": Source(
+        "lsnet-official",
+        lambda keys, arch: "patch_embed.0.c.weight" in keys and any(k.startswith("blocks4.") for k in keys),
+        lsnet_mapping,
+        ("lsnet-t-cls", "lsnet-s-cls", "lsnet-b-cls"),
     ),
     "yolov9-official": Source(
         "yolov9-official",
