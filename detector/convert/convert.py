@@ -23,6 +23,7 @@ from detector.convert.lsnet_official import lsnet_mapping
 from detector.convert.mapping import KeyMapping, LoadReport, apply, map_state_dict
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
+from detector.convert.ultralytics_yolov9 import is_ultralytics_yolov9, ultralytics_yolov9_mapping
 from detector.convert.yolov9_official import yolov9_mapping
 from detector.errors import DetectorError
 
@@ -64,6 +65,12 @@ SOURCES: dict[str, Source] = {
         lambda keys, arch: is_damoyolo(keys),
         damoyolo_mapping,
         ("damoyolo-t", "damoyolo-s", "damoyolo-m", "damoyolo-l"),
+    ),
+    "ultralytics-yolov9": Source(
+        "ultralytics-yolov9",
+        is_ultralytics_yolov9,
+        ultralytics_yolov9_mapping,
+        ("yolov9t-ul", "yolov9s-ul", "yolov9m-ul", "yolov9c-ul", "yolov9e-ul"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
