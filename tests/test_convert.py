@@ -169,7 +169,7 @@ def test_weights_init_reports_loaded_reinitialised_ignored(tmp_path):
 
 
 YOLOV9_FIXTURES = REPO / "tests" / "assets" / "yolov9_reference"
-YOLOV9 = ["gelan-t", "gelan-s", "gelan-m", "gelan-c", "yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c"]
+YOLOV9 = [f"{family}-{scale}" for family in ("gelan", "yolov9") for scale in "tsmce"]
 
 
 def _bn_eval_raw(model: torch.nn.Module, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -207,12 +207,15 @@ def test_yolov9_official_outputs_equal(name, tmp_path):
     assert dec.shape == xyxy.shape and (dec - xyxy).abs().max() <= 1e-4
 
 
-def test_yolov9_checkpoint_into_gelan_drops_the_auxiliary_branch(tmp_path):
-    ref = json.loads((YOLOV9_FIXTURES / "yolov9-t.json").read_text())
-    arrays = np.load(YOLOV9_FIXTURES / "yolov9-t.npz")
+@pytest.mark.parametrize("scale", ["t", "e"])
+def test_yolov9_checkpoint_into_gelan_drops_the_auxiliary_branch(scale, tmp_path):
+    """A yolov9 file into the gelan model: the main head's raw maps are the upstream yolov9 model's."""
+    ref = json.loads((YOLOV9_FIXTURES / f"yolov9-{scale}.json").read_text())
+    arrays = np.load(YOLOV9_FIXTURES / f"yolov9-{scale}.npz")
     torch.save(reference_weights(ref["keys"]), tmp_path / "theirs.pt")
-    out, report = convert(tmp_path / "theirs.pt", tmp_path / "g.pt", model="gelan-t", source="yolov9-official")
-    assert len(report.ignored) == len(ref["keys"]) - len(report.loaded) > 400  # aux branch + aux head + DFL
+    out, report = convert(tmp_path / "theirs.pt", tmp_path / "g.pt", model=f"gelan-{scale}", source="yolov9-official")
+    assert len(report.loaded) == len(build_model(f"gelan-{scale}").state_dict()) and not report.kept
+    assert len(report.ignored) == len(ref["keys"]) - len(report.loaded) > 300  # aux branch + aux head + DFL
     raw = _bn_eval_raw(model_from_checkpoint(out, deploy=False), torch.from_numpy(arrays["x"]))
     assert set(raw) == {"main"}
     for i, b in enumerate(raw["main"]):
@@ -239,3 +242,74 @@ def test_yolov9_key_mapping_is_complete_and_strict():
             yolov9_mapping(["model.0.conv.weight", "model.3.cv9.x"], build_model("gelan-t")),
             {"model.0.conv.weight": torch.zeros(1), "model.3.cv9.x": torch.zeros(1), "model.22.foo.1": torch.zeros(1)},
         )
+
+
+@pytest.mark.parametrize("layout", ["yolov9-e", "gelan-e"])
+def test_yolov9_e_index_table_covers_our_model_once(layout):
+    """The hand-written -e table sends every upstream layer but the detection layer to a distinct layer of ours,
+    and with our head(s) they are all of our layers; the upstream key list has tensors only in tabled layers."""
+    from detector.convert.yolov9_layout import E_LAYOUTS
+    from detector.convert.yolov9_official import head_indices
+
+    table = {t.name: t for t in E_LAYOUTS}[layout]
+    model = build_model(layout)
+    heads = [h for h in head_indices(model) if h is not None]
+    ours = list(table.layers.values())
+    assert len(set(ours)) == len(ours) and sorted(ours + heads) == list(range(len(model.layers)))
+    keys = json.loads((YOLOV9_FIXTURES / f"{layout}.json").read_text())["keys"]
+    theirs = {int(k.split(".")[1]) for k, _ in keys}
+    assert theirs - set(table.layers) == {table.detect} and 0 not in theirs
+    assert table.aux == {i for i, j in table.layers.items() if j > heads[0]}  # ours follow the main head
+
+
+def test_yolov9_e_missing_or_extra_key_fails_loudly(tmp_path):
+    from detector.convert.mapping import apply
+    from detector.convert.yolov9_official import yolov9_mapping
+
+    keys = json.loads((YOLOV9_FIXTURES / "gelan-e.json").read_text())["keys"]
+    theirs = {k: torch.zeros(s) for k, s in keys}
+    model = build_model("gelan-e")
+    for extra in ("model.0.conv.weight", "model.42.cv9.0.weight"):  # their Silence; no such head branch
+        with pytest.raises(UnmappedKey, match=rf"1 key\(s\).*{extra}"):
+            apply(yolov9_mapping([*theirs, extra], model), {**theirs, extra: torch.zeros(1)}, model)
+    extra = "model.30.cv1.conv.weight"  # their Upsample, our Upsample (29): no tensors there
+    with pytest.raises(DetectorError, match=r"1 mapped key\(s\) are not in our model.*layers\.29\.cv1"):
+        apply(yolov9_mapping([*theirs, extra], model), {**theirs, extra: torch.zeros(1)}, model)
+    short = {k: v for k, v in theirs.items() if not k.startswith("model.12.")}  # one CBLinear missing
+    with pytest.raises(DetectorError, match=r"does not fill 2 tensor\(s\).*layers\.11\.conv"):
+        apply(yolov9_mapping(list(short), model), short, model)
+
+
+def test_convert_keeps_the_checkpoints_class_count(tmp_path):
+    """A checkpoint trained on 5 classes converts into a 5-class model (its class branch loaded, not dropped),
+    whatever class count the zoo file says."""
+    torch.manual_seed(0)
+    ref = timm.create_model("ese_vovnet19b_dw", num_classes=5).eval()
+    randomize_norms(ref)
+    out, report = convert(_save(ref.state_dict(), tmp_path), tmp_path / "o.pt", model="vovnet19-dw-cls")
+    assert not report.reinitialised and len(report.loaded) == len(ref.state_dict())
+    ck = load_checkpoint(out)
+    assert ck["model_yaml"]["nc"] == 5 and len(ck["names"]) == 5
+    model = model_from_checkpoint(out, deploy=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        probs = model(x)
+    probs = probs["main"] if isinstance(probs, dict) else probs
+    assert torch.allclose(probs, ref(x).softmax(1), atol=1e-5)
+
+
+def test_weights_from_80_classes_into_3_where_hidden_class_widths_follow_nc(tmp_path):
+    """gelan-t sizes its class branch's hidden layers from nc (80 classes: wider than 3), so coming from a COCO
+    checkpoint those layers start fresh too, and every other tensor is loaded."""
+    from detector.checkpoint import save_checkpoint
+    from detector.model import load_model_dict
+
+    src = build_model("gelan-t", nc=80)
+    save_checkpoint({"model": src.state_dict(), "model_yaml": load_model_dict("gelan-t", 80),
+                     "names": [str(i) for i in range(80)]}, tmp_path / "coco.pt")  # fmt: skip
+    model = build_model("gelan-t", nc=3)
+    report = load_weights(model, tmp_path / "coco.pt")
+    hidden = [k for k in report.reinitialised if ".cls.0.0." in k]
+    assert hidden and set(report.reinitialised) == class_dependent_keys(model.yaml, 80)
+    assert len(report.loaded) + len(report.reinitialised) == len(model.state_dict()) and not report.kept
+    assert all(torch.equal(model.state_dict()[k], src.state_dict()[k]) for k in report.loaded)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from convert_kit import reference_weights
 
-MODELS = ("gelan-t", "gelan-s", "gelan-m", "gelan-c", "yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c")
+MODELS = tuple(f"{family}-{scale}" for family in ("gelan", "yolov9") for scale in "tsmce")
 IMGSZ = 64
 
 

@@ -17,9 +17,13 @@ import torch
 from detector import __version__
 from detector.checkpoint import save_checkpoint
 from detector.config import ConfigError
-from detector.convert.mapping import KeyMapping, LoadReport, apply
+from detector.convert.class_count import checkpoint_class_count
+from detector.convert.damoyolo_official import damoyolo_mapping, is_damoyolo
+from detector.convert.lsnet_official import lsnet_mapping
+from detector.convert.mapping import KeyMapping, LoadReport, apply, map_state_dict
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
+from detector.convert.ultralytics_yolov9 import is_ultralytics_yolov9, ultralytics_yolov9_mapping
 from detector.convert.yolov9_official import yolov9_mapping
 from detector.errors import DetectorError
 
@@ -43,11 +47,30 @@ SOURCES: dict[str, Source] = {
         ("vovnet39-v1-cls", "vovnet57-v1-cls", "vovnet19-dw-cls", "vovnet19-slim-dw-cls", "ese-vovnet39b-cls",
          "ese-vovnet57b-cls"),
     ),
+    "lsnet-official": Source(
+        "lsnet-official",
+        lambda keys, arch: "patch_embed.0.c.weight" in keys and any(k.startswith("blocks4.") for k in keys),
+        lsnet_mapping,
+        ("lsnet-t-cls", "lsnet-s-cls", "lsnet-b-cls"),
+    ),
     "yolov9-official": Source(
         "yolov9-official",
         lambda keys, arch: arch == "models.yolo.DetectionModel" and any(k.startswith("model.") for k in keys),
         yolov9_mapping,
-        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "gelan-t", "gelan-s", "gelan-m", "gelan-c"),
+        ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e", "gelan-t", "gelan-s", "gelan-m", "gelan-c",
+         "gelan-e"),
+    ),
+    "damoyolo-official": Source(
+        "damoyolo-official",
+        lambda keys, arch: is_damoyolo(keys),
+        damoyolo_mapping,
+        ("damoyolo-t", "damoyolo-s", "damoyolo-m", "damoyolo-l"),
+    ),
+    "ultralytics-yolov9": Source(
+        "ultralytics-yolov9",
+        is_ultralytics_yolov9,
+        ultralytics_yolov9_mapping,
+        ("yolov9t-ul", "yolov9s-ul", "yolov9m-ul", "yolov9c-ul", "yolov9e-ul"),
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
@@ -118,8 +141,12 @@ def convert(
         )
     cfg = load_model_dict(model)
     net = build_model(cfg)
-    report = apply(kind.mapping(list(foreign.state), net), foreign.state, net, strict=True)
-    nc = int(cfg.get("nc", 80))
+    mapping = kind.mapping(list(foreign.state), net)
+    nc = checkpoint_class_count(cfg, map_state_dict(mapping, foreign.state)[0]) or int(cfg.get("nc", 80))
+    if nc != int(cfg.get("nc", 80)):  # a checkpoint trained on other classes keeps its class branches
+        cfg["nc"] = nc
+        net = build_model(cfg)
+    report = apply(mapping, foreign.state, net, strict=True)
     names = foreign.names if foreign.names and len(foreign.names) == nc else [str(i) for i in range(nc)]
     out = Path(out) if out else Path(src).with_name(f"{Path(src).stem}-{model}.pt")
     ckpt = {

@@ -3,7 +3,9 @@
 
 Tensors are matched by name. A tensor whose shape changed because the class count changed (found by building
 the model once more with another class count on the meta device, so no head needs a hand-written list) keeps
-its fresh initialisation; any other shape change is an error, since it means a different architecture.
+its fresh initialisation; a tensor whose module can resize it (``resize_state``: a size that is a setting of the
+layer, e.g. LSNet's attention bias table) is resized and reported; any other shape change is an error, since it
+means a different architecture.
 """
 
 from __future__ import annotations
@@ -14,19 +16,14 @@ import torch
 from torch import nn
 
 from detector.checkpoint import load_checkpoint
+from detector.convert.class_count import class_dependent_keys
 from detector.convert.mapping import LoadReport
 from detector.errors import DetectorError
 
 
-def class_dependent_keys(model_yaml: dict) -> set[str]:
-    """State-dict keys whose shape depends on ``nc`` (the class branches) for this model dict."""
-    from detector.model import DetectionModel
-
-    nc = int(model_yaml.get("nc", 80))
-    with torch.device("meta"):
-        a = DetectionModel({**model_yaml, "nc": nc}).state_dict()
-        b = DetectionModel({**model_yaml, "nc": nc + 1}).state_dict()
-    return {k for k in a if k in b and a[k].shape != b[k].shape}
+def _class_count(ckpt: dict) -> int | None:
+    nc = (ckpt.get("model_yaml") or {}).get("nc")
+    return int(nc) if nc is not None else (len(ckpt["names"]) if ckpt.get("names") else None)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
@@ -43,8 +40,8 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         )
     theirs: dict[str, torch.Tensor] = ckpt["model"]
     own = model.state_dict()
-    by_class = class_dependent_keys(model.yaml)
-    load, reinit, wrong = {}, [], []
+    by_class = class_dependent_keys(model.yaml, _class_count(ckpt))
+    load, reinit, resized, wrong = {}, [], [], []
     for k, v in theirs.items():
         if k not in own:
             continue
@@ -52,6 +49,9 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
             load[k] = v.to(own[k].dtype)
         elif k in by_class:
             reinit.append(k)
+        elif (fitted := _resized(model, k, v, own[k].shape)) is not None:
+            load[k] = fitted.to(own[k].dtype)
+            resized.append(k)
         else:
             wrong.append(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}")
     if wrong:
@@ -62,4 +62,14 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         raise DetectorError(f"weights={path}: no tensor of this checkpoint fits the model (another architecture?)")
     model.load_state_dict(load, strict=False)
     kept = [k for k in own if k not in load and k not in reinit]
-    return LoadReport(sorted(load), sorted(reinit), kept, sorted(k for k in theirs if k not in own))
+    return LoadReport(sorted(load), sorted(reinit), kept, sorted(k for k in theirs if k not in own), sorted(resized))
+
+
+def _resized(model: nn.Module, key: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """``tensor`` fitted to ``shape`` by the module that owns ``key``, when that module defines
+    ``resize_state(name, tensor)`` for it (a size that is a setting of the layer, not another architecture, such
+    as LSNet's attention bias table for a 4x4 vs a 20x20 map); None otherwise."""
+    owner, _, name = key.rpartition(".")
+    resize = getattr(model.get_submodule(owner), "resize_state", None)
+    fitted = resize(name, tensor) if resize is not None else None
+    return fitted if fitted is not None and fitted.shape == shape else None

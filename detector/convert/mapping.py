@@ -24,29 +24,35 @@ class UnmappedKey(DetectorError):
 class KeyMapping:
     """``map_key(their_key) -> our_key``; ``drop(their_key)`` is True for tensors with no counterpart by design
     (e.g. a YOLOv9 auxiliary branch going into a GELAN model); ``classifier`` are our key prefixes of the class
-    branches, which a checkpoint for another class count may not fill."""
+    branches, which a checkpoint for another class count may not fill; ``prepare(their_state) -> their_state``
+    rewrites tensors that have no one-to-one counterpart before the keys are mapped (e.g. LSNet's two distilled
+    classifiers folded into the one of ours, or a stem conv of a model fed 0..255 pixels scaled for our 0..1)."""
 
     name: str
     map_key: Callable[[str], str]
     drop: Callable[[str], bool] = field(default=lambda key: False)
     classifier: tuple[str, ...] = ()
+    prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = field(default=lambda state: state)
 
 
 @dataclass
 class LoadReport:
     """What loading did, as lists of our keys: ``loaded``; ``reinitialised`` (class branches whose shape changed
-    with the class count); ``kept`` (ours the checkpoint does not hold, left as initialised); and ``ignored``, the
-    checkpoint's keys with no place in our model."""
+    with the class count); ``kept`` (ours the checkpoint does not hold, left as initialised); ``ignored``, the
+    checkpoint's keys with no place in our model; and ``resized``, those of ``loaded`` that their module resized
+    to this model's size (``resize_state``, e.g. an attention bias table for another map size)."""
 
     loaded: list[str]
     reinitialised: list[str]
     kept: list[str]
     ignored: list[str]
+    resized: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        resized = f" ({len(self.resized)} of them resized to this model)" if self.resized else ""
         return (
-            f"{len(self.loaded)} tensors loaded, {len(self.reinitialised)} re-initialised (class count changed), "
-            f"{len(self.kept)} not in the checkpoint, {len(self.ignored)} ignored"
+            f"{len(self.loaded)} tensors loaded{resized}, {len(self.reinitialised)} re-initialised (class count "
+            f"changed), {len(self.kept)} not in the checkpoint, {len(self.ignored)} ignored"
         )
 
 
@@ -54,7 +60,7 @@ def map_state_dict(mapping: KeyMapping, theirs: dict[str, torch.Tensor]) -> tupl
     """Their state dict in our keys, and the keys dropped by design. Raises ``UnmappedKey`` listing every key
     no rule knows (at most 10 shown)."""
     ours, dropped, unknown = {}, [], []
-    for k, v in theirs.items():
+    for k, v in mapping.prepare(theirs).items():
         if mapping.drop(k):
             dropped.append(k)
             continue

@@ -61,10 +61,10 @@ class DFLHead(BinnedHead):
     def __init__(self, nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0) -> None:
         super().__init__(nc, strides, reg_max, loss_weight)
 
-    def init_bias(self) -> None:
-        """Box bias 1.0; class bias so that the initial score is ~5 objects per 640x640 image."""
+    def init_bias(self, box_bias: float = 1.0) -> None:
+        """Box bias ``box_bias``; class bias so that the initial score is ~5 objects per 640x640 image."""
         for box, cls, s in zip(self.box, self.cls, self.strides):
-            box[-1].bias.data[:] = 1.0
+            box[-1].bias.data[:] = box_bias
             cls[-1].bias.data[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
 
     def forward_raw(self, xs: list[Tensor]) -> list[Tensor]:
@@ -73,22 +73,42 @@ class DFLHead(BinnedHead):
 
 @BLOCKS.register()
 class DDetect(DFLHead):
-    """Decoupled anchor-free head with DFL box regression (YOLOv9 DDetect).
+    """Decoupled anchor-free head with DFL box regression (YOLOv9 DDetect), also in Ultralytics' widths.
 
-    Per level: box branch Conv3x3 -> c_box, Conv3x3 (groups 4), 1x1 (groups 4) -> 4*reg_max;
-    cls branch Conv3x3 -> c_cls, Conv3x3, 1x1 -> nc. Widths come from the first (stride-8) input.
-    Raw maps and decode: see ``DFLHead``.
+    Per level: box branch Conv3x3 -> c_box, Conv3x3 (``box_groups`` groups), 1x1 (``box_groups``) -> 4*reg_max;
+    cls branch Conv3x3 -> c_cls, Conv3x3, 1x1 -> nc. Widths come from the first (stride-8) input ``c1[0]``:
+
+    - ``c_box = max(c1[0] // 4, 4 * reg_max, 16)``, rounded up to a multiple of ``box_groups``;
+    - ``c_cls = max(c1[0], min(cls_per_class * nc, cls_cap))``.
+
+    The defaults are the YOLOv9 paper's DDetect (``box_groups: 4, cls_per_class: 2, cls_cap: 128, box_bias:
+    1.0``); Ultralytics' ``Detect`` of its yolov9t..e is ``box_groups: 1, cls_per_class: 1, cls_cap: 100,
+    box_bias: 2.0`` (``box_bias`` is only the initial box-output bias). Raw maps and decode: see ``DFLHead``.
     """
 
-    def __init__(self, c1: list[int], nc: int, strides: list[float], reg_max: int = 16, loss_weight: float = 1.0):
+    def __init__(
+        self,
+        c1: list[int],
+        nc: int,
+        strides: list[float],
+        reg_max: int = 16,
+        loss_weight: float = 1.0,
+        box_groups: int = 4,
+        cls_per_class: int = 2,
+        cls_cap: int = 128,
+        box_bias: float = 1.0,
+    ):
         super().__init__(nc, strides, reg_max, loss_weight)
-        c_box = make_divisible(max(c1[0] // 4, reg_max * 4, 16), 4)
-        c_cls = max(c1[0], min(nc * 2, 128))
+        if box_groups < 1 or (4 * reg_max) % box_groups:
+            raise ValueError(f"box_groups={box_groups}: must be >= 1 and divide 4 * reg_max = {4 * reg_max}")
+        c_box = make_divisible(max(c1[0] // 4, reg_max * 4, 16), box_groups)
+        c_cls = max(c1[0], min(nc * cls_per_class, cls_cap))
+        g = box_groups
         self.box = nn.ModuleList(
-            nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3, g=4), nn.Conv2d(c_box, 4 * reg_max, 1, groups=4))
+            nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3, g=g), nn.Conv2d(c_box, 4 * reg_max, 1, groups=g))
             for c in c1
         )
         self.cls = nn.ModuleList(
             nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, nc, 1)) for c in c1
         )
-        self.init_bias()
+        self.init_bias(box_bias)

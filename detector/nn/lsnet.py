@@ -14,6 +14,8 @@ See ``models/components/lsnet-*-backbone.yaml``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -180,15 +182,31 @@ class RelPosAttention(nn.Module):
             self._offsets[key] = ((ys[:, None] - ys[None, :]).abs(), (xs[:, None] - xs[None, :]).abs())
         return self._offsets[key]
 
+    @staticmethod
+    def resize_table(table: Tensor, size: tuple[int, int]) -> Tensor:
+        """A bias table ``(heads, R, R')`` resized bilinearly with corners aligned (offset 0 and the largest
+        offset keep their values) -> ``(heads, *size)``."""
+        return F.interpolate(table[None], size=size, mode="bilinear", align_corners=True)[0]
+
     def position_bias(self, h: int, w: int) -> Tensor:
         """Bias ``(heads, N, N)`` for an ``h x w`` map (see the class docstring for sizes beyond the table)."""
         h, w, r = int(h), int(w), self.resolution  # static sizes, also while tracing for export
         table = self.attention_biases.view(self.heads, r, r)
         if h > r or w > r:
-            size = (max(h, r), max(w, r))
-            table = F.interpolate(table[None], size=size, mode="bilinear", align_corners=True)[0]
+            table = self.resize_table(table, (max(h, r), max(w, r)))
         dy, dx = self.offsets(h, w, table.device)
         return table[:, dy, dx]
+
+    def resize_state(self, name: str, tensor: Tensor) -> Tensor | None:
+        """``attention_biases`` of a model with another ``resolution`` (``(heads, R'*R')``, e.g. an ImageNet
+        checkpoint's 4x4 table going into the 20x20 table of a detection backbone) resized to this table, the way
+        ``position_bias`` resizes a small table at run time: at ``resolution x resolution`` this layer then gives
+        what the source layer gives on a map of that size. None for anything else (a mismatch stays an error)."""
+        side = math.isqrt(tensor.shape[-1]) if tensor.dim() == 2 else 0
+        if name != "attention_biases" or tensor.shape[0] != self.heads or side * side != tensor.shape[-1]:
+            return None
+        r = self.resolution
+        return self.resize_table(tensor.reshape(self.heads, side, side).float(), (r, r)).reshape(self.heads, r * r)
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
