@@ -96,6 +96,7 @@ class DetectionDataset(Dataset):
         partners_in_batch = augment is not None and augment.mosaic > 0 and augment.mosaic_partners == "batch"
         self.batch_groups = BatchGroups(len(self.labels), batch) if partners_in_batch and not rect else None
         self._failed: set[int] = set()  # per process: images known not to decode
+        self._targets: dict[int, Targets] = {}  # per process: each image's boxes at the training scale
         self._new_problems: list[Problem] = []
         self.image_cache = None
         # training only (validation reads each image once an epoch), and not needed with a full cache
@@ -157,8 +158,7 @@ class DetectionDataset(Dataset):
 
             def load(i: int) -> tuple[np.ndarray, Targets]:
                 j, im_j, r_j = first.pop() if first and first[0][0] == i else self._load_usable(i)
-                lab = self.labels[j]
-                return im_j, Targets.of(lab.cls, lab.boxes).scaled(r_j, r_j)
+                return im_j, self._resized_targets(j, r_j)
 
             mosaic = self.mosaic_enabled and not self.rect
             pool = self.batch_groups.members(index) if mosaic and self.batch_groups is not None else None
@@ -176,6 +176,18 @@ class DetectionDataset(Dataset):
             "ignore": (im.ignore_boxes, im.ignore_cls, im.ignore_crowd),
             "problems": found,
         }
+
+    def _resized_targets(self, index: int, ratio: float) -> Targets:
+        """Image ``index``'s boxes at the resized image's scale, computed once per process (read-only arrays:
+        augmentation always makes new ones)."""
+        t = self._targets.get(index)
+        if t is None:
+            lab = self.labels[index]
+            t = Targets.of(lab.cls, lab.boxes).scaled(ratio, ratio)
+            for a in (t.cls, t.boxes, t.ref_area):
+                a.flags.writeable = False
+            self._targets[index] = t
+        return t
 
     def load_image(self, index: int) -> tuple[np.ndarray, float]:
         """Image ``index`` (BGR) resized so its longer side is ``imgsz``, and the ratio used; may be a read-only
