@@ -12,7 +12,7 @@ writes a YOLO-format copy of the split (image symlinks, txt labels) to a tempora
 rounds of the two loaders (same size, batch, workers, mosaic and augmentation defaults) and reports each one's
 median images/s, plus the CPU time one process spends per sample (decode + augment + collate, no workers).
 
-``--profile`` runs in one process (OpenCV on one thread) and wraps each stage's function with a CPU-time
+``--profile`` runs in one process (OpenCV and torch on one thread, as in a loader worker) and wraps each stage's function with a CPU-time
 counter (time inside a nested wrapped call counts for the inner stage only): decode, resize, mosaic, warp,
 HSV, flips, extras (albumentations), layout (HWC -> CHW), collate, and transfer (moving a collated batch into
 shared memory, what a worker pays to hand it over; ours collates straight into shared memory in workers). It
@@ -26,6 +26,7 @@ cycling epochs as needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -255,7 +256,6 @@ def _profile_samples(loader, timer: StageTimer, n: int, warmup: int) -> dict:
     """Run ``n`` samples (after ``warmup``) of ``loader``'s batches in this process: ``dataset[i]`` + collate +
     the hand-over into shared memory; CPU ms per sample by stage (``other``: what no stage covers: labels,
     bookkeeping, Python)."""
-    import cv2
     import torch
 
     collate_fn = timer.timed(loader.collate_fn, "collate")
@@ -263,10 +263,8 @@ def _profile_samples(loader, timer: StageTimer, n: int, warmup: int) -> dict:
         lambda b: [v.share_memory_() for v in b.values() if isinstance(v, torch.Tensor) and not v.is_shared()],
         "transfer",
     )
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
     batches, done = _index_batches(loader), 0
-    try:
+    with one_thread():
         while done < warmup:
             done += len(idx := next(batches))
             collate_fn([loader.dataset[i] for i in idx])
@@ -276,11 +274,26 @@ def _profile_samples(loader, timer: StageTimer, n: int, warmup: int) -> dict:
             done += len(idx := next(batches))
             to_shared(collate_fn([loader.dataset[i] for i in idx]))
         total = time.process_time() - t0
-    finally:
-        cv2.setNumThreads(threads)
     stages = {k: v * 1000 / done for k, v in timer.cpu.items()}
     stages["other"] = (total - sum(timer.cpu.values())) * 1000 / done
     return {"total": total * 1000 / done, **stages, "decodes": timer.calls.get("decode", 0) / done}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """OpenCV and torch on one thread, as in a loader worker (torch's DataLoader sets 1 thread in its workers; a
+    multi-threaded ``torch.stack`` in this process would spin and bill CPU time a worker never spends)."""
+    import cv2
+    import torch
+
+    cv, th = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(cv)
+        torch.set_num_threads(th)
 
 
 def _index_batches(loader):
@@ -397,21 +410,17 @@ def _cpu_per_sample(loader) -> float:
 
 def _cpu_passes(loader, warmup: int = 160):
     """A function timing one pass of 64 samples (``dataset[i]`` + collate over ``loader``'s index batches, in
-    this process, OpenCV on 1 thread) in CPU seconds per sample, after ``warmup`` samples, so stores of recent
+    this process, ``one_thread``) in CPU seconds per sample, after ``warmup`` samples, so stores of recent
     decodes are in their steady state (Ultralytics' buffer holds the last 8 batches, 128 images at batch 16)."""
-    import cv2
-
     batches = _index_batches(loader)
 
     def run(count: int) -> float:
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        t0, done = time.process_time(), 0
-        while done < count:
-            done += len(idx := next(batches))
-            loader.collate_fn([loader.dataset[i] for i in idx])
-        cv2.setNumThreads(threads)
-        return (time.process_time() - t0) / done
+        with one_thread():
+            t0, done = time.process_time(), 0
+            while done < count:
+                done += len(idx := next(batches))
+                loader.collate_fn([loader.dataset[i] for i in idx])
+            return (time.process_time() - t0) / done
 
     run(warmup)
     return lambda: run(64)
