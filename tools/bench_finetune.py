@@ -1,11 +1,11 @@
 """Fine-tune from another framework's checkpoint vs train from scratch, at the same budget, side by side.
 
     python tools/bench_finetune.py /tmp/ft/runs/pre/weights/last.pt --model gelan-t --recipe bccd-gelan-t \
-        --epochs 10 --imgsz 256 -- augment.close_mosaic=3
+        --epochs 20 --imgsz 256 --set augment.close_mosaic=5
 
 Converts ``SRC`` with ``detector convert`` (the restricted unpickler, the source's key mapping), then runs
-``detector train RECIPE`` twice with the same settings (seed, epochs, image size, workers; anything after ``--``
-is passed to both): once from scratch and once with ``weights=`` the converted file (class branches fresh when
+``detector train RECIPE`` twice with the same settings (seed, epochs, image size, workers; every ``--set KEY=VALUE``
+goes to both): once from scratch and once with ``weights=`` the converted file (class branches fresh when
 the class count differs). Both runs go at the same time, one thread each, so a change in the machine's load
 hits them alike. Prints a Markdown table (best and last val mAP50-95 / mAP50, the epoch of the best, mAP50-95
 after the first and middle epochs, wall time) for BENCHMARKS.md.
@@ -91,7 +91,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/finetune"))
-    ap.add_argument("extra", nargs="*", help="key=value settings for both runs (after --)")
+    ap.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting for both runs (repeatable), e.g. --set augment.close_mosaic=5",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.out = args.out.resolve()
