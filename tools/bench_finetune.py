@@ -63,7 +63,7 @@ def curve(run_dir: Path) -> list[dict[str, float]]:
 def table(args, walls: dict[str, float]) -> str:
     mid = max(1, args.epochs // 2)
     lines = [
-        f"| start (gelan-t family: {args.model}, {args.epochs} epochs at {args.imgsz}) | best mAP50-95 | best mAP50 "
+        f"| start ({args.model}, {args.epochs} epochs at {args.imgsz}) | best mAP50-95 | best mAP50 "
         f"| best epoch | last mAP50-95 | mAP50-95 after epoch 1 / {mid} | wall |",
         "|---|---|---|---|---|---|---|",
     ]
