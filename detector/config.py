@@ -198,12 +198,18 @@ def build(schema: type[T], data: dict, where: str = "config", check: bool = True
     """Instantiate dataclass ``schema`` from ``data``, checking every key and type recursively, then (``check``)
     every value against the schema's ``limits``.
 
-    ``where`` prefixes error messages (a file name, or ``file: section``).
+    ``where`` prefixes error messages (a file name, or ``file: section``). A schema's ``aliases`` (a class
+    attribute ``{other name: field}``) are accepted for their field.
     """
     hints = get_type_hints(schema)
     names = [f.name for f in dataclasses.fields(schema)]
+    aliases: dict[str, str] = getattr(schema, "aliases", {})
     kwargs = {}
     for key, value in data.items():
+        if key in aliases:
+            if aliases[key] in data:
+                raise ConfigError(f"{where}: {key!r} is another name for {aliases[key]!r}; give one of them")
+            key = aliases[key]
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"

@@ -88,3 +88,12 @@ class WithOptional:
 def test_empty_value_means_empty_string_or_none():
     cfg = load(WithOptional, [], ["device=", "batch="])
     assert cfg.device == "" and cfg.batch is None
+
+
+def test_pretrained_is_another_name_for_weights():
+    """``pretrained=`` (the name other frameworks use) sets ``weights``; both at once is an error."""
+    from detector.engine.settings import TrainConfig
+
+    assert load(TrainConfig, overrides=["pretrained=w.pt"]).weights == "w.pt"
+    with pytest.raises(ConfigError, match="'pretrained' is another name for 'weights'"):
+        load(TrainConfig, overrides=["pretrained=a.pt", "weights=b.pt"])

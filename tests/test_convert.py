@@ -164,6 +164,8 @@ def test_weights_init_reports_loaded_reinitialised_ignored(tmp_path):
     log = (tmp_path / "runs" / "exp" / "train.log").read_text()
     assert f"{len(report.loaded)} tensors loaded, {len(by_class)} re-initialised (class count changed)" in log
 
+    with pytest.raises(DetectorError, match="no such file"):
+        load_weights(model, tmp_path / "missing.pt")
     with pytest.raises(DetectorError, match="detector convert"):
         load_weights(model, _save(timm.create_model("ese_vovnet19b_dw").state_dict(), tmp_path))
 

@@ -28,6 +28,8 @@ def _class_count(ckpt: dict) -> int | None:
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Load the (EMA) weights of checkpoint ``path`` into ``model`` by name; see the module docstring."""
+    if not Path(path).is_file():
+        raise DetectorError(f"weights={path}: no such file")
     try:
         ckpt = load_checkpoint(path)
     except DetectorError as e:

@@ -84,7 +84,7 @@ class TrainConfig:
     """Everything a training run reads. Saved as ``args.yaml`` in the run dir and inside every checkpoint."""
 
     model: str = "gelan-t"  # zoo name, model YAML, or a .pt checkpoint to start from
-    weights: str = ""  # initialise from this checkpoint (ours, or made by `detector convert`); matching tensors only
+    weights: str = ""  # initialise from this checkpoint (ours, or made by `detector convert`); also pretrained=
     data: str = ""  # dataset YAML (path or name under configs/data)
     epochs: int = 100
     imgsz: int = 640
@@ -117,6 +117,7 @@ class TrainConfig:
         "epochs": AT_LEAST_ONE, "imgsz": IMAGE_SIZE, "batch": AT_LEAST_ONE, "workers": WORKERS,
         "patience": NON_NEGATIVE, "save_period": NON_NEGATIVE,
     }  # fmt: skip
+    aliases: ClassVar[dict[str, str]] = {"pretrained": "weights"}  # the name other frameworks use
 
 
 @dataclass
