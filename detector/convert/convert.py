@@ -20,7 +20,7 @@ from detector.config import ConfigError
 from detector.convert.class_count import checkpoint_class_count
 from detector.convert.damoyolo_official import damoyolo_mapping, is_damoyolo
 from detector.convert.lsnet_official import lsnet_mapping
-from detector.convert.mapping import KeyMapping, LoadReport, apply, map_state_dict
+from detector.convert.mapping import KeyMapping, LoadReport, load_mapped, map_state_dict
 from detector.convert.safe_pickle import Placeholder, module_state_dict, safe_load
 from detector.convert.timm_vovnet import timm_vovnet_mapping
 from detector.convert.ultralytics_yolov9 import is_ultralytics_yolov9, ultralytics_yolov9_mapping
@@ -140,13 +140,13 @@ def convert(
             f"{src}: a {kind.name} checkpoint does not name our model; give model= (one of {', '.join(kind.models)})"
         )
     cfg = load_model_dict(model)
+    with torch.device("meta"):  # the mappings read the model's layout only
+        mapping = kind.mapping(list(foreign.state), build_model(cfg))
+    mapped, dropped = map_state_dict(mapping, foreign.state)
+    # a checkpoint trained on other classes keeps its class branches
+    nc = cfg["nc"] = checkpoint_class_count(cfg, mapped) or int(cfg.get("nc", 80))
     net = build_model(cfg)
-    mapping = kind.mapping(list(foreign.state), net)
-    nc = checkpoint_class_count(cfg, map_state_dict(mapping, foreign.state)[0]) or int(cfg.get("nc", 80))
-    if nc != int(cfg.get("nc", 80)):  # a checkpoint trained on other classes keeps its class branches
-        cfg["nc"] = nc
-        net = build_model(cfg)
-    report = apply(mapping, foreign.state, net, strict=True)
+    report = load_mapped(mapping, mapped, dropped, net, strict=True)
     names = foreign.names if foreign.names and len(foreign.names) == nc else [str(i) for i in range(nc)]
     out = Path(out) if out else Path(src).with_name(f"{Path(src).stem}-{model}.pt")
     ckpt = {

@@ -84,7 +84,13 @@ def apply(mapping: KeyMapping, theirs: dict[str, torch.Tensor], model: nn.Module
     initialisation. A mapped key missing from our model, or a shape that differs outside the class branches,
     is always an error.
     """
-    mapped, dropped = map_state_dict(mapping, theirs)
+    return load_mapped(mapping, *map_state_dict(mapping, theirs), model, strict)
+
+
+def load_mapped(
+    mapping: KeyMapping, mapped: dict[str, torch.Tensor], dropped: list[str], model: nn.Module, strict: bool = True
+) -> LoadReport:
+    """``apply`` for a state dict already in our keys (``map_state_dict``'s result)."""
     own = model.state_dict()
     missing_here = [k for k in mapped if k not in own]
     if missing_here:

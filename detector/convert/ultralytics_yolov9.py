@@ -16,15 +16,12 @@ Their ``Detect`` differs from the YOLOv9 paper's ``DDetect`` in widths only (``m
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
 from detector.convert.mapping import KeyMapping, UnmappedKey
-from detector.convert.yolov9_official import head_indices
+from detector.convert.yolov9_official import LAYER_KEY, first_and_last_layer, head_indices
 
 ARCH = "ultralytics.nn.tasks.DetectionModel"
-_LAYER = re.compile(r"model\.(\d+)\.(.+)")
 _BRANCHES = {"cv2": "box", "cv3": "cls"}
 
 
@@ -35,12 +32,7 @@ def is_ultralytics_yolov9(keys: list[str], arch: str) -> bool:
 
 def ultralytics_yolov9_mapping(keys: list[str], model: nn.Module) -> KeyMapping:
     """The mapping of one Ultralytics YOLOv9 state dict (``keys``) onto our ``model`` (a ``yolov9*-ul``)."""
-    indices = sorted({int(m[1]) for k in keys if (m := _LAYER.fullmatch(k))})
-    if not indices:
-        raise UnmappedKey("no model.N keys: not an Ultralytics checkpoint")
-    if indices[0] > 1:
-        raise UnmappedKey(f"model.{indices[0]}: their first layer with tensors is neither 0 nor 1")
-    shift, detect = indices[0], indices[-1]
+    shift, detect = first_and_last_layer(keys, "an Ultralytics")
     main, aux = head_indices(model)
     if aux is not None:
         raise UnmappedKey(f"our model has an auxiliary head (layers.{aux}); Ultralytics' YOLOv9 has none: use *-ul")
@@ -54,7 +46,7 @@ def ultralytics_yolov9_mapping(keys: list[str], model: nn.Module) -> KeyMapping:
         return key.startswith(f"model.{detect}.dfl.")
 
     def map_key(key: str) -> str:
-        m = _LAYER.fullmatch(key)
+        m = LAYER_KEY.fullmatch(key)
         if m is None:
             raise UnmappedKey(key)
         i, rest = int(m[1]), m[2]

@@ -24,7 +24,19 @@ from torch import nn
 from detector.convert.mapping import KeyMapping, UnmappedKey
 from detector.convert.yolov9_layout import find_layout
 
-_LAYER = re.compile(r"model\.(\d+)\.(.+)")
+LAYER_KEY = re.compile(r"model\.(\d+)\.(.+)")
+"""``model.{i}.{rest}``: a layer's tensor in a YOLOv9-style state dict (this repository's and Ultralytics')."""
+
+
+def first_and_last_layer(keys: list[str], what: str) -> tuple[int, int]:
+    """Their first layer index with tensors (0, or 1 after a parameter-free first layer) and their last (the
+    detection layer); ``what`` names the source in the error for anything else."""
+    indices = sorted({int(m[1]) for k in keys if (m := LAYER_KEY.fullmatch(k))})
+    if not indices:
+        raise UnmappedKey(f"no model.N keys: not {what} checkpoint")
+    if indices[0] not in (0, 1):
+        raise UnmappedKey(f"model.{indices[0]}: their first layer with tensors is neither 0 nor 1")
+    return indices[0], indices[-1]
 
 
 def head_indices(model: nn.Module) -> tuple[int, int | None]:
@@ -38,21 +50,16 @@ def head_indices(model: nn.Module) -> tuple[int, int | None]:
 
 def yolov9_mapping(keys: list[str], model: nn.Module) -> KeyMapping:
     """The mapping of one upstream YOLOv9/GELAN state dict (``keys``) onto our ``model``."""
-    indices = sorted({int(m[1]) for k in keys if (m := _LAYER.fullmatch(k))})
-    if not indices:
-        raise UnmappedKey("no model.N keys: not a YOLOv9 repository checkpoint")
-    if indices[0] not in (0, 1):
-        raise UnmappedKey(f"model.{indices[0]}: their first layer with tensors is neither 0 nor 1")
-    detect = indices[-1]
+    first, detect = first_and_last_layer(keys, "a YOLOv9 repository")
     dual = any(k.startswith(f"model.{detect}.cv4.") for k in keys)
     main, aux = head_indices(model)
-    layout = find_layout(indices[0], detect, dual, main)
+    layout = find_layout(first, detect, dual, main)
 
     branch = {"cv2": (aux, "box"), "cv3": (aux, "cls"), "cv4": (main, "box"), "cv5": (main, "cls")} if dual else {
         "cv2": (main, "box"), "cv3": (main, "cls")}  # fmt: skip
 
     def drop(key: str) -> bool:
-        m = _LAYER.fullmatch(key)
+        m = LAYER_KEY.fullmatch(key)
         if m is None:
             return False
         i, rest = int(m[1]), m[2]
@@ -62,7 +69,7 @@ def yolov9_mapping(keys: list[str], model: nn.Module) -> KeyMapping:
         return aux is None and i in layout.aux  # a YOLOv9 auxiliary layer going into a GELAN model
 
     def map_key(key: str) -> str:
-        m = _LAYER.fullmatch(key)
+        m = LAYER_KEY.fullmatch(key)
         if m is None:
             raise UnmappedKey(key)
         i, rest = int(m[1]), m[2]
