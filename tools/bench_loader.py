@@ -11,6 +11,7 @@
 writes a YOLO-format copy of the split (image symlinks, txt labels) to a temporary folder, then alternates
 rounds of the two loaders (same size, batch, workers, mosaic and augmentation defaults) and reports each one's
 median images/s, plus the CPU time one process spends per sample (decode + augment + collate, no workers).
+The copy is removed when the script exits.
 
 ``--profile`` runs in one process (OpenCV and torch on one thread, as in a loader worker) and wraps each stage's function with a CPU-time
 counter (time inside a nested wrapped call counts for the inner stage only): decode, resize, mosaic, warp,
@@ -26,9 +27,11 @@ cycling epochs as needed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -157,7 +160,9 @@ def ultralytics_loader(args: argparse.Namespace):
     from ultralytics.data.build import build_dataloader as ul_dataloader
     from ultralytics.data.build import build_yolo_dataset
 
-    images, names = yolo_copy(args.data, args.split, Path(tempfile.mkdtemp(prefix="bench_loader_yolo_")))
+    root = Path(tempfile.mkdtemp(prefix="bench_loader_yolo_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    images, names = yolo_copy(args.data, args.split, root)
     cfg = get_cfg(overrides={"imgsz": args.imgsz, "mosaic": 1.0, "mixup": 0.0, "cache": False, "workers": args.workers})
     ul_set = build_yolo_dataset(cfg, str(images), args.batch, {"names": names, "nc": len(names), "channels": 3})
     return ul_set, ul_dataloader(ul_set, args.batch, args.workers, shuffle=True, pin_memory=False)
