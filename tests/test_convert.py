@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -137,6 +138,17 @@ def test_planted_payload_is_refused_without_running(fn, tmp_path):
     with pytest.raises(UnsafePickle, match=r"evil\.pt: refused, the pickle would call"):
         safe_load(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_namespaces_come_back_but_a_namespace_called_with_arguments_is_refused(tmp_path):
+    """A SimpleNamespace pickles as ``cls()`` + its ``__dict__``: read as an inert placeholder with its fields.
+    The same class name called with an argument is a call like any other and refused."""
+    torch.save({"args": types.SimpleNamespace(imgsz=640, name="run")}, tmp_path / "ns.pt")
+    args = safe_load(tmp_path / "ns.pt")["args"]
+    assert args.__global__ == "types.SimpleNamespace" and (args.imgsz, args.name) == (640, "run")
+    torch.save({"args": _Payload(types.SimpleNamespace, {"imgsz": 640})}, tmp_path / "called.pt")
+    with pytest.raises(UnsafePickle, match=r"called\.pt: refused, the pickle would call types.SimpleNamespace with"):
+        safe_load(tmp_path / "called.pt")
 
 
 def test_weights_init_reports_loaded_reinitialised_ignored(tmp_path):

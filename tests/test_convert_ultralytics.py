@@ -153,6 +153,11 @@ from torch import nn
 class DetectionModel(nn.Module):
     pass
 """
+THEIR_UTILS = """
+from types import SimpleNamespace
+class IterableSimpleNamespace(SimpleNamespace):
+    pass
+"""
 
 WRITER = """
 import json, sys, torch
@@ -178,23 +183,36 @@ for key, value in sd.items():
 model.names = {i: f"class{i}" for i in range(80)}
 model.yaml = {"nc": 80, "yaml_file": "yolov9t.yaml"}
 model.stride = torch.tensor([8.0, 16.0, 32.0])
-model.args = {"imgsz": 640, "task": "detect"}
-torch.save({"date": "2026-01-01T00:00:00", "version": "8.4.190", "license": "AGPL-3.0", "epoch": -1,
-            "best_fitness": None, "model": model.half(), "ema": None, "updates": None, "optimizer": None,
-            "train_args": {"imgsz": 640}, "train_metrics": {"fitness": 0.1}, "train_results": {}}, sys.argv[2])
+if sys.argv[3] == "released":  # after their strip_optimizer: args a dict, the model under "model"
+    model.args = {"imgsz": 640, "task": "detect"}
+    torch.save({"date": "2026-01-01T00:00:00", "version": "8.4.190", "license": "AGPL-3.0", "epoch": -1,
+                "best_fitness": None, "model": model.half(), "ema": None, "updates": None, "optimizer": None,
+                "train_args": {"imgsz": 640}, "train_metrics": {"fitness": 0.1}, "train_results": {}}, sys.argv[2])
+else:  # a last.pt saved mid-training: the EMA model, its args their config namespace, optimizer state
+    from ultralytics.utils import IterableSimpleNamespace
+    model.args = IterableSimpleNamespace(imgsz=640, task="detect")
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.01, momentum=0.9)
+    torch.save({"epoch": 3, "best_fitness": None, "model": None, "ema": model.half(), "updates": 120,
+                "optimizer": opt.state_dict(), "train_args": {"imgsz": 640}, "train_metrics": {"fitness": 0.1},
+                "train_results": {}, "date": "2026-01-01T00:00:00", "version": "8.4.190"}, sys.argv[2])
 """
 
 
-def test_detector_convert_reads_a_checkpoint_pickled_the_ultralytics_way(tmp_path):
+@pytest.mark.parametrize("form", ["released", "mid-training"])
+def test_detector_convert_reads_a_checkpoint_pickled_the_ultralytics_way(form, tmp_path):
     """``detector convert yolov9t.pt model=yolov9t-ul``, recognised by their pickled class and GELAN keys, without
-    importing their package; class names come over, and the outputs are theirs."""
+    importing their package; class names come over, and the outputs are theirs. Both a released file and a
+    ``last.pt`` saved mid-training (EMA model holding their config namespace) convert."""
     pkg = tmp_path / "pkg" / "ultralytics" / "nn"
+    (tmp_path / "pkg" / "ultralytics" / "utils").mkdir(parents=True)
     pkg.mkdir(parents=True)
     for folder in (pkg.parent, pkg):
         (folder / "__init__.py").write_text("")
     (pkg / "tasks.py").write_text(textwrap.dedent(THEIR_PACKAGE))
+    (pkg.parent / "utils" / "__init__.py").write_text(textwrap.dedent(THEIR_UTILS))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "pkg"), str(REPO / "tests")])}
     writer = [sys.executable, "-c", textwrap.dedent(WRITER), str(FIXTURES / "yolov9t.json"), str(tmp_path / "y.pt")]
+    writer.append("released" if form == "released" else "mid")
     subprocess.run(writer, check=True, env=env, timeout=120)
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # their package is not importable here

@@ -6,7 +6,9 @@ file call anything. ``safe_load`` sits between: tensors, numpy arrays and plain 
 other global becomes an inert ``Placeholder`` class that records its dotted name, so a pickled module comes back
 as placeholders holding ``_parameters`` / ``_buffers`` / ``_modules`` (``module_state_dict`` walks them); and a
 pickle that would *call* an unknown global (``os.system``, ``eval``, a class's constructor) is refused with
-``UnsafePickle`` before anything runs.
+``UnsafePickle`` before anything runs. The one exception is the namespace classes in ``NAMESPACE_CLASSES``:
+``SimpleNamespace`` pickles as a call of its class with no arguments followed by its ``__dict__``, which a
+placeholder can take without running anything (Ultralytics' mid-training ``last.pt`` holds such namespaces).
 """
 
 from __future__ import annotations
@@ -57,8 +59,29 @@ class Placeholder:
         return f"<placeholder {self.__global__}>"
 
 
+class NamespacePlaceholder(Placeholder):
+    """Stands for a ``SimpleNamespace``-like class: pickle calls it with no arguments, then sets its
+    ``__dict__``. Any argument means it is not a namespace and is refused like any other call."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        if args or kwargs:
+            raise UnsafePickle(f"the pickle would call {self.__global__} with arguments")
+
+
+# namespace classes whose pickles construct them as ``cls()`` + ``__dict__``: stdlib, and Ultralytics' config
+# namespace under its 8.1+ and 8.0 module paths
+NAMESPACE_CLASSES = frozenset(
+    {
+        "types.SimpleNamespace",
+        "ultralytics.utils.IterableSimpleNamespace",
+        "ultralytics.yolo.utils.IterableSimpleNamespace",
+    }
+)
+
+
 def _placeholder_class(module: str, name: str) -> type[Placeholder]:
-    return types.new_class(name, (Placeholder,), exec_body=lambda ns: ns.update(__global__=f"{module}.{name}"))
+    base = NamespacePlaceholder if f"{module}.{name}" in NAMESPACE_CLASSES else Placeholder
+    return types.new_class(name, (base,), exec_body=lambda ns: ns.update(__global__=f"{module}.{name}"))
 
 
 def _reconstructor(cls, base, state):
