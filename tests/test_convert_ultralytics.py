@@ -181,7 +181,7 @@ for key, value in sd.items():
     else:
         node.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
 model.names = {i: f"class{i}" for i in range(80)}
-model.yaml = {"nc": 80, "yaml_file": "yolov9t.yaml"}
+model.yaml = {"nc": 80, "yaml_file": sys.argv[4]}
 model.stride = torch.tensor([8.0, 16.0, 32.0])
 if sys.argv[3] == "released":  # after their strip_optimizer: args a dict, the model under "model"
     model.args = {"imgsz": 640, "task": "detect"}
@@ -198,11 +198,9 @@ else:  # a last.pt saved mid-training: the EMA model, its args their config name
 """
 
 
-@pytest.mark.parametrize("form", ["released", "mid-training"])
-def test_detector_convert_reads_a_checkpoint_pickled_the_ultralytics_way(form, tmp_path):
-    """``detector convert yolov9t.pt model=yolov9t-ul``, recognised by their pickled class and GELAN keys, without
-    importing their package; class names come over, and the outputs are theirs. Both a released file and a
-    ``last.pt`` saved mid-training (EMA model holding their config namespace) convert."""
+def _write_their_checkpoint(tmp_path, form: str, yaml_file: str = "yolov9t.yaml"):
+    """y.pt pickled by a stand-in of their package (``released`` or ``mid`` training form) holding the
+    yolov9t reference weights; their package is importable only in the writing process."""
     pkg = tmp_path / "pkg" / "ultralytics" / "nn"
     (tmp_path / "pkg" / "ultralytics" / "utils").mkdir(parents=True)
     pkg.mkdir(parents=True)
@@ -212,18 +210,39 @@ def test_detector_convert_reads_a_checkpoint_pickled_the_ultralytics_way(form, t
     (pkg.parent / "utils" / "__init__.py").write_text(textwrap.dedent(THEIR_UTILS))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "pkg"), str(REPO / "tests")])}
     writer = [sys.executable, "-c", textwrap.dedent(WRITER), str(FIXTURES / "yolov9t.json"), str(tmp_path / "y.pt")]
-    writer.append("released" if form == "released" else "mid")
-    subprocess.run(writer, check=True, env=env, timeout=120)
+    subprocess.run([*writer, form, yaml_file], check=True, env=env, timeout=120)
 
+
+def _detector_convert(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # their package is not importable here
-    cmd = [sys.executable, "-m", "detector", "convert", str(tmp_path / "y.pt"), "model=yolov9t-ul"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "detector", "convert", str(tmp_path / "y.pt"), *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("form", ["released", "mid"])
+def test_detector_convert_reads_a_checkpoint_pickled_the_ultralytics_way(form, tmp_path):
+    """``detector convert yolov9t.pt``, recognised by their pickled class and GELAN keys, without importing their
+    package; class names come over, and the outputs are theirs. Both a released file and a ``last.pt`` saved
+    mid-training (EMA model holding their config namespace) convert; without model= the model is the one their
+    pickled model's YAML names."""
+    _write_their_checkpoint(tmp_path, form)
+    proc = _detector_convert(tmp_path, *(["model=yolov9t-ul"] if form == "released" else []))
     assert proc.returncode == 0, proc.stderr
     assert "1338 tensors loaded, 0 re-initialised (class count changed), 0 not in the checkpoint, 1 ignored" in (
         proc.stdout
     )
+    assert ("built from yolov9t.yaml, so converting into yolov9t-ul" in proc.stdout) == (form == "mid")
     ckpt = load_checkpoint(tmp_path / "y-yolov9t-ul.pt")
     assert ckpt["names"] == [f"class{i}" for i in range(80)]
     assert ckpt["converted_from"]["source"] == "ultralytics-yolov9"
     assert ckpt["converted_from"]["arch"] == "ultralytics.nn.tasks.DetectionModel"
     _assert_outputs_equal(model_from_checkpoint(tmp_path / "y-yolov9t-ul.pt", deploy=False), _fixture("t")[1])
+
+
+def test_a_wrong_model_taken_from_their_yaml_name_says_where_it_came_from(tmp_path):
+    """yolov9t weights in a model whose pickled YAML name says yolov9s: the strict load fails, naming the guess."""
+    _write_their_checkpoint(tmp_path, "released", "yolov9s.yaml")
+    proc = _detector_convert(tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "model=yolov9s-ul was taken from yolov9s.yaml; give model= if it is wrong" in proc.stderr
+    assert not (tmp_path / "y-yolov9s-ul.pt").exists()

@@ -31,12 +31,19 @@ from detector.errors import DetectorError
 @dataclass(frozen=True)
 class Source:
     """A kind of foreign checkpoint: ``recognise(keys, arch)`` (arch: the pickled model's class name, or
-    "state_dict"), ``mapping(keys, our_model)``, and ``models``, ours it fits."""
+    "state_dict"), ``mapping(keys, our_model)``, ``models``, ours it fits, and ``config_suffix``: what turns
+    the stem of the model YAML their pickled model names (``yolov9t.yaml``) into our model's name."""
 
     name: str
     recognise: Callable[[list[str], str], bool]
     mapping: Callable[[list[str], object], KeyMapping]
     models: tuple[str, ...]
+    config_suffix: str = ""
+
+    def model_for(self, config_file: str | None) -> str:
+        """Our model for their model YAML ``config_file``, or "" where it names none of ``models``."""
+        name = Path(config_file).stem + self.config_suffix if config_file else ""
+        return name if name in self.models else ""
 
 
 SOURCES: dict[str, Source] = {
@@ -71,6 +78,7 @@ SOURCES: dict[str, Source] = {
         is_ultralytics_yolov9,
         ultralytics_yolov9_mapping,
         ("yolov9t-ul", "yolov9s-ul", "yolov9m-ul", "yolov9c-ul", "yolov9e-ul"),
+        config_suffix="-ul",
     ),
 }  # fmt: skip
 """Every supported source by name; ``detector convert`` picks the one whose ``recognise`` accepts the keys."""
@@ -78,11 +86,13 @@ SOURCES: dict[str, Source] = {
 
 @dataclass
 class Foreign:
-    """What a foreign checkpoint holds: its state dict, class names if it has them, and its model's class name."""
+    """What a foreign checkpoint holds: its state dict, class names if it has them, its model's class name, and
+    the model YAML file its pickled model was built from, if it says."""
 
     state: dict[str, torch.Tensor]
     names: list[str] | None
     arch: str
+    config_file: str | None = None
 
 
 def read_foreign(path: str | Path) -> Foreign:
@@ -96,10 +106,21 @@ def read_foreign(path: str | Path) -> Foreign:
         names = getattr(module, "names", None)
         if isinstance(names, dict):
             names = [str(names[i]) for i in sorted(names)]
-        return Foreign(module_state_dict(module), list(names) if names else None, module.__global__)
+        return Foreign(
+            module_state_dict(module), list(names) if names else None, module.__global__, _config_file(module)
+        )
     if isinstance(module, dict) and module and all(isinstance(v, torch.Tensor) for v in module.values()):
         return Foreign({k: v.float() if v.is_floating_point() else v for k, v in module.items()}, None, "state_dict")
     raise DetectorError(f"{path}: found no model weights (a pickled module or a state dict) in this checkpoint")
+
+
+def _config_file(module: Placeholder) -> str | None:
+    """The YAML a pickled YOLO-style model was built from: Ultralytics keep it in ``yaml["yaml_file"]``, the
+    YOLOv9 repository in ``yaml_file``."""
+    yaml = getattr(module, "yaml", None)
+    found = yaml.get("yaml_file") if isinstance(yaml, dict) else None
+    found = found or getattr(module, "yaml_file", None)
+    return str(found) if isinstance(found, str | Path) else None
 
 
 def _pick(obj: Any) -> Any:
@@ -130,24 +151,25 @@ def recognise(state: dict[str, torch.Tensor], path: str | Path, source: str = ""
 def convert(
     src: str | Path, out: str | Path | None = None, model: str = "", source: str = ""
 ) -> tuple[Path, LoadReport]:
-    """Convert ``src`` into our zoo model ``model``; returns the written checkpoint and what was loaded."""
-    from detector.model import build_model, load_model_dict
-
+    """Convert ``src`` into our zoo model ``model`` (default: the one their pickled model's YAML names); returns
+    the written checkpoint and what was loaded."""
     foreign = read_foreign(src)
     kind = recognise(foreign.state, src, source, foreign.arch)
-    if not model:
-        raise ConfigError(
-            f"{src}: a {kind.name} checkpoint does not name our model; give model= (one of {', '.join(kind.models)})"
-        )
-    cfg = load_model_dict(model)
-    with torch.device("meta"):  # the mappings read the model's layout only
-        mapping = kind.mapping(list(foreign.state), build_model(cfg))
-    mapped, dropped = map_state_dict(mapping, foreign.state)
-    # a checkpoint trained on other classes keeps its class branches
-    nc = cfg["nc"] = checkpoint_class_count(cfg, mapped) or int(cfg.get("nc", 80))
-    net = build_model(cfg)
-    report = load_mapped(mapping, mapped, dropped, net, strict=True)
-    names = foreign.names if foreign.names and len(foreign.names) == nc else [str(i) for i in range(nc)]
+    if model:
+        cfg, net, report = _load_into(model, kind, foreign)
+    else:
+        model = kind.model_for(foreign.config_file)
+        if not model:
+            raise ConfigError(
+                f"{src}: a {kind.name} checkpoint does not name our model; give model= (one of {', '.join(kind.models)})"
+            )
+        print(f"{src}: model= not given; its model was built from {foreign.config_file}, so converting into {model}")
+        try:
+            cfg, net, report = _load_into(model, kind, foreign)
+        except DetectorError as e:
+            hint = f"model={model} was taken from {foreign.config_file}; give model= if it is wrong"
+            raise type(e)(f"{src}: {e} ({hint})") from None
+    names = foreign.names if foreign.names and len(foreign.names) == cfg["nc"] else [str(i) for i in range(cfg["nc"])]
     out = Path(out) if out else Path(src).with_name(f"{Path(src).stem}-{model}.pt")
     ckpt = {
         "model": net.state_dict(),
@@ -160,13 +182,28 @@ def convert(
     return out, report
 
 
+def _load_into(model: str, kind: Source, foreign: Foreign) -> tuple[dict, torch.nn.Module, LoadReport]:
+    """Our ``model`` holding the foreign weights, strictly mapped: ``(config, module, report)``; the class count
+    is the checkpoint's."""
+    from detector.model import build_model, load_model_dict
+
+    cfg = load_model_dict(model)
+    with torch.device("meta"):  # the mappings read the model's layout only
+        mapping = kind.mapping(list(foreign.state), build_model(cfg))
+    mapped, dropped = map_state_dict(mapping, foreign.state)
+    # a checkpoint trained on other classes keeps its class branches
+    cfg["nc"] = checkpoint_class_count(cfg, mapped) or int(cfg.get("nc", 80))
+    net = build_model(cfg)
+    return cfg, net, load_mapped(mapping, mapped, dropped, net, strict=True)
+
+
 @dataclass
 class ConvertConfig:
     """Keys of ``detector convert SRC [key=value ...]``."""
 
     src: str = ""  # the foreign checkpoint (a bare word works too: detector convert SRC)
     out: str = ""  # default: SRC's folder, SRC-stem + "-" + model + ".pt"
-    model: str = ""  # our zoo model the weights go into (e.g. vovnet39-v1-cls)
+    model: str = ""  # our zoo model the weights go into (e.g. vovnet39-v1-cls); default: the one their YAML names
     source: str = ""  # force a source kind (default: recognised from the keys)
 
 
