@@ -120,7 +120,7 @@ def _config_file(module: Placeholder) -> str | None:
     yaml = getattr(module, "yaml", None)
     found = yaml.get("yaml_file") if isinstance(yaml, dict) else None
     found = found or getattr(module, "yaml_file", None)
-    return str(found) if isinstance(found, str | Path) else None
+    return found if isinstance(found, str) else None  # a pickled Path would be a placeholder: not trusted
 
 
 def _pick(obj: Any) -> Any:
